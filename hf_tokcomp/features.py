@@ -1,0 +1,104 @@
+"""Layer-0 attention features: what the compressor reads, computed without running any full layer.
+
+For every sample, the rows are the instruction tokens (the text after the last visual token); the value of a
+key position is its layer-0 attention probability averaged over those rows and over heads. Only the layer-0
+norm and the q/k projections are evaluated, and q only on the instruction rows, so the cost is a small
+fraction of one decoder layer; the main pass keeps whatever attention kernel the user chose.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["layer0_attention_features", "instruction_rows"]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, d); cos, sin: (B, T, d) -> (B, H, T, d)."""
+    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+
+
+def instruction_rows(visual_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The query rows of the features: real tokens after each sample's last visual token.
+
+    Args:
+        visual_mask: ``(B, L)`` bool, True on visual tokens.
+        attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding.
+
+    Returns:
+        ``(B, L)`` bool. Samples without visual tokens get no rows.
+    """
+    seq = torch.arange(visual_mask.shape[1], device=visual_mask.device)
+    last_visual = torch.where(visual_mask, seq, -1).amax(dim=1, keepdim=True)
+    rows = (seq > last_visual) & attention_mask.bool() & (last_visual >= 0)
+    has_visual = visual_mask.any(dim=1)
+    missing = has_visual & ~rows.any(dim=1)
+    if missing.any():
+        raise ValueError(
+            f"sample(s) {missing.nonzero().flatten().tolist()} end with a visual token; the layer-0 features "
+            "need instruction tokens after the visual span. Put the question after the image/video, or set "
+            "`token_keep=1.0`."
+        )
+    return rows
+
+
+@torch.no_grad()
+def layer0_attention_features(
+    hidden: torch.Tensor,
+    layer: nn.Module,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rows: torch.Tensor,
+) -> torch.Tensor:
+    """Attention each position receives at layer 0, averaged over the instruction rows and the heads.
+
+    Args:
+        hidden: ``(B, L, D)`` merged input embeddings (the LLM's input).
+        layer: decoder layer 0; needs ``input_layernorm`` and ``self_attn`` with ``q_proj``, ``k_proj``,
+            ``head_dim``, ``scaling`` (Llama/Qwen2 style).
+        cos, sin: ``(B, L, head_dim)`` rotary tables at the original positions (M-RoPE already mixed in).
+        attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding.
+        rows: ``(B, L)`` bool, the query rows to average (see :func:`instruction_rows`).
+
+    Returns:
+        ``(B, L)`` float32; entries of samples without rows are 0. Causal, padding-aware, and with the layer's
+        sliding window when it has one, like the model's own layer 0.
+    """
+    attn = layer.self_attn
+    batch, length, _ = hidden.shape
+    head_dim = attn.head_dim
+    h = layer.input_layernorm(hidden)
+
+    n_rows = rows.sum(dim=1)
+    r_max = max(int(n_rows.max()), 1)
+    # Row positions, packed to the left and padded with the last position (masked out below).
+    order = torch.sort(rows.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :r_max]
+    row_valid = torch.arange(r_max, device=hidden.device)[None, :] < n_rows[:, None]
+
+    h_rows = h.gather(1, order[..., None].expand(-1, -1, h.shape[-1]))
+    q = attn.q_proj(h_rows).view(batch, r_max, -1, head_dim).transpose(1, 2).float()
+    k = attn.k_proj(h).view(batch, length, -1, head_dim).transpose(1, 2).float()
+    cos_rows = cos.gather(1, order[..., None].expand(-1, -1, head_dim)).float()
+    sin_rows = sin.gather(1, order[..., None].expand(-1, -1, head_dim)).float()
+    q = _apply_rope(q, cos_rows, sin_rows)
+    k = _apply_rope(k, cos.float(), sin.float())
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+
+    logits = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (B, H, R, L)
+    keys = torch.arange(length, device=hidden.device)
+    visible = attention_mask.bool()[:, None, :] & (keys[None, None, :] <= order[:, :, None])
+    window = getattr(attn, "sliding_window", None)
+    if window:
+        visible &= keys[None, None, :] > order[:, :, None] - window
+    visible &= row_valid[:, :, None]
+    logits = logits.masked_fill(~visible[:, None], float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows with no visible key (padding) -> 0
+    summed = probs.sum(dim=(1, 2))  # (B, L)
+    return summed / (n_rows.clamp_min(1) * probs.shape[1])[:, None].float()

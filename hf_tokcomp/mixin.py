@@ -1,0 +1,324 @@
+"""The forward / generate plumbing every compressed model shares.
+
+A family file (``models/*.py``) subclasses the transformers class together with :class:`TokenCompressionMixin`
+and implements the small model-specific hooks (``_tokcomp_*``): how to build the merged embeddings and the
+visual segments, the original position ids, the rotary tables of layer 0, and the decoding state.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.generation.streamers import BaseStreamer
+
+from .compression import CompressedBatch, compress_batch
+from .config import check_token_keep
+from .features import instruction_rows, layer0_attention_features
+from .resolve import resolve_compressor
+from .selection import SampleSelection, select_top
+
+__all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward"]
+
+
+@dataclass
+class MergedInputs:
+    """The LLM input before compression (returned by a family's ``_tokcomp_merge``).
+
+    Attributes:
+        inputs_embeds: ``(B, L, D)`` text embeddings with the visual features spliced in.
+        visual_mask: ``(B, L)`` bool, True on visual tokens.
+        segments: per sample, ``(kind, start, end)`` of each visual segment (one image or one video), in order.
+    """
+
+    inputs_embeds: torch.Tensor
+    visual_mask: torch.Tensor
+    segments: list[list[tuple[str, int, int]]]
+
+
+class _PromptSwapStreamer(BaseStreamer):
+    """Hands the caller's own prompt to the user's streamer instead of the compressed one."""
+
+    def __init__(self, inner: BaseStreamer, prompt: torch.Tensor) -> None:
+        self.inner, self.prompt, self.first = inner, prompt, True
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.first:
+            self.first, value = False, self.prompt.cpu()
+        self.inner.put(value)
+
+    def end(self) -> None:
+        self.inner.end()
+
+
+class TokenCompressionMixin:
+    """Drops unimportant visual tokens at the LLM input; ``config.token_keep = 1.0`` is the stock model.
+
+    Attributes:
+        compressor: the scoring module (``(batch, in_channels, n) -> (batch, n)``), or None for training-free
+            scores (the layer-0 attention features themselves). May be replaced at any time.
+        last_compression: after a call that compressed, one :class:`SampleSelection` per sample (per returned
+            sequence's source sample); None after a call with visual inputs that did not compress.
+    """
+
+    #: keyword arguments whose presence means visual inputs (pixels)
+    _tokcomp_pixel_keys: tuple[str, ...] = ()
+    #: every keyword argument the compression consumes (pixels, grids, token types); dropped once merged
+    _tokcomp_visual_keys: tuple[str, ...] = ()
+    #: feature channels the runtime makes per visual token
+    _tokcomp_in_channels: int = 1
+
+    def _tokcomp_init(self) -> None:
+        check_token_keep(self.config.token_keep)
+        self.compressor: nn.Module | None = None
+        self.last_compression: list[SampleSelection] | None = None
+
+    # transformers treats classes outside `transformers.*` as custom code, which switches off the checkpoint
+    # key renaming (the whole LLM would load randomly initialised) and takes another init path. Our classes are
+    # the stock architectures, so they must be loaded as such.
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        return False
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None,
+        *model_args: Any,
+        compressor: str | os.PathLike | nn.Module | None = None,
+        **kwargs: Any,
+    ):
+        """Load the stock checkpoint, then attach ``compressor`` (loaded and checked FIRST, so a bad compressor
+        fails before the large download). ``token_keep=`` is a config override like any other."""
+        module = resolve_compressor(compressor, cls.config_class.model_type, cls._tokcomp_in_channels)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.set_compressor(module)
+        return loaded
+
+    def set_compressor(self, compressor: str | os.PathLike | nn.Module | None, **hub_kwargs: Any) -> None:
+        """Attach a compressor: a saved directory or Hub id, a module, or None (training-free)."""
+        module = resolve_compressor(compressor, self.config.model_type, self._tokcomp_in_channels, **hub_kwargs)
+        if module is not None:
+            module = module.to(self.device)
+        self.compressor = module
+
+    # ---- model-specific hooks -------------------------------------------------------------------------------
+    def _tokcomp_merge(self, input_ids: torch.Tensor, visual: dict[str, Any]) -> MergedInputs:
+        raise NotImplementedError
+
+    def _tokcomp_positions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        visual: dict[str, Any],
+        position_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Original position ids of the full sequence, ``(*P, B, L)`` as the rotary embedding takes them
+        (``position_ids``: what the caller passed, if anything)."""
+        raise NotImplementedError
+
+    def _tokcomp_rotary(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``(B, L, head_dim)``, of layer 0 at ``positions``."""
+        raise NotImplementedError
+
+    def _tokcomp_decoder_layer0(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _tokcomp_llm_positions(self, batch: CompressedBatch) -> torch.Tensor:
+        """The ``position_ids`` the stock forward is given for the compressed batch."""
+        return batch.position_ids
+
+    def _tokcomp_start_decoding(self, batch: CompressedBatch) -> None:
+        """Update any cached decoding state (e.g. a rope delta) after a compressed prefill."""
+
+    # ---- shared runtime ---------------------------------------------------------------------------------------
+    def _tokcomp_wants(self, visual: dict[str, Any], past_key_values: Any) -> bool:
+        """Whether this call compresses: visual inputs present, token_keep < 1, and an empty cache."""
+        if not any(visual.get(k) is not None for k in self._tokcomp_pixel_keys):
+            return False
+        if self.config.token_keep >= 1.0:
+            self.last_compression = None
+            return False
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            raise ValueError(
+                "token compression needs the visual inputs in the first (prefill) call, but `past_key_values` "
+                "already holds tokens. Start from an empty cache, or set `model.config.token_keep = 1.0`."
+            )
+        return True
+
+    def _tokcomp_take_visual(self, kwargs: dict[str, Any]) -> None:
+        """Remove the inputs that compression consumes from the kwargs passed on to the stock code."""
+        if kwargs.pop("inputs_embeds", None) is not None:
+            raise ValueError(
+                "token compression builds the input embeddings itself; pass `input_ids` and the pixel inputs "
+                "instead of `inputs_embeds`, or set `model.config.token_keep = 1.0`."
+            )
+        for key in self._tokcomp_visual_keys:
+            kwargs.pop(key, None)
+
+    def _tokcomp_score(self, features: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` features of one segment -> ``(n,)`` scores."""
+        if self.compressor is None:
+            return features
+        params = next(self.compressor.parameters(), None)
+        x = features.to(params.dtype if params is not None else torch.float32)[None, None, :]
+        with torch.no_grad():
+            scores = self.compressor(x)
+        if not isinstance(scores, torch.Tensor) or scores.shape != (1, features.shape[0]):
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ValueError(
+                f"`model.compressor` must map (batch, in_channels, n) features to (batch, n) scores; for n="
+                f"{features.shape[0]} it returned {got}."
+            )
+        if not torch.isfinite(scores).all():
+            raise ValueError("`model.compressor` returned non-finite scores (nan/inf); check its weights.")
+        return scores[0].float()
+
+    def _tokcomp_compress(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        visual: dict[str, Any],
+    ) -> CompressedBatch:
+        """Merge, score, select and gather: the whole input-stage compression of one batch."""
+        if input_ids is None:
+            raise ValueError(
+                "token compression needs `input_ids` to find the visual tokens; pass `input_ids` (not only "
+                "`inputs_embeds`), or set `model.config.token_keep = 1.0`."
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        merged = self._tokcomp_merge(input_ids, visual)
+        position_ids = self._tokcomp_positions(input_ids, attention_mask, visual, position_ids)
+        cos, sin = self._tokcomp_rotary(merged.inputs_embeds, position_ids)
+        rows = instruction_rows(merged.visual_mask, attention_mask)
+        features = layer0_attention_features(
+            merged.inputs_embeds, self._tokcomp_decoder_layer0(), cos, sin, attention_mask, rows
+        )
+
+        keep = attention_mask.bool() & ~merged.visual_mask
+        records = []
+        for b, segments in enumerate(merged.segments):
+            record, offset = SampleSelection(), 0
+            for kind, start, end in segments:
+                scores = self._tokcomp_score(features[b, start:end])
+                kept = select_top(scores, self.config.token_keep)
+                keep[b, start + kept] = True
+                record.kinds.append(kind)
+                record.num_tokens.append(end - start)
+                record.kept.append((kept + offset).cpu())
+                record.scores.append(scores[kept].cpu())
+                offset += end - start
+            records.append(record)
+
+        batch = compress_batch(
+            keep,
+            input_ids,
+            merged.inputs_embeds,
+            position_ids,
+            labels=labels,
+            pad_token_id=self.config.get_text_config().pad_token_id or 0,
+            left_padding=bool(attention_mask[:, -1].all()),
+        )
+        self.last_compression = records
+        return batch
+
+    def _tokcomp_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+        """The stock forward on the compressed sequence when compression applies (logits, loss and cache are
+        then those of the kept tokens), else exactly the stock forward."""
+        visual = {k: kwargs.get(k) for k in self._tokcomp_visual_keys}
+        if not self._tokcomp_wants(visual, past_key_values):
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        self._tokcomp_take_visual(kwargs)
+        batch = self._tokcomp_compress(input_ids, attention_mask, position_ids, kwargs.pop("labels", None), visual)
+        self._tokcomp_start_decoding(batch)
+        return super().forward(
+            input_ids=None,
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=self._tokcomp_llm_positions(batch),
+            labels=batch.labels,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """``GenerationMixin.generate`` on the compressed prompt. The returned sequences start with the
+        caller's own ``input_ids``; the KV cache holds only the compressed prompt."""
+        visual = {k: kwargs.get(k) for k in self._tokcomp_visual_keys}
+        if not self._tokcomp_wants(visual, kwargs.get("past_key_values")):
+            return super().generate(inputs, generation_config=generation_config, **kwargs)
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        self._tokcomp_take_visual(kwargs)
+        batch = self._tokcomp_compress(
+            input_ids, kwargs.pop("attention_mask", None), kwargs.pop("position_ids", None), None, visual
+        )
+        self._tokcomp_start_decoding(batch)
+        self._tokcomp_lengths_as_new_tokens(kwargs, generation_config, input_ids.shape[1])
+        if kwargs.get("streamer") is not None:
+            kwargs["streamer"] = _PromptSwapStreamer(kwargs["streamer"], input_ids)
+        out = super().generate(
+            input_ids=batch.input_ids,
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=self._tokcomp_llm_positions(batch),
+            generation_config=generation_config,
+            **kwargs,
+        )
+        return _with_caller_prompt(out, input_ids, batch.input_ids.shape[1])
+
+    def _tokcomp_lengths_as_new_tokens(self, kwargs: dict[str, Any], generation_config, prompt_len: int) -> None:
+        """An absolute ``max_length`` / ``min_length`` counts the caller's prompt; turn it into new tokens so
+        the compressed prompt generates exactly as many tokens as the stock model would."""
+        config = generation_config if generation_config is not None else self.generation_config
+        for name in ("max", "min"):
+            absolute, relative = f"{name}_length", f"{name}_new_tokens"
+            if kwargs.get(relative) is not None or (
+                kwargs.get(absolute) is None and getattr(config, relative, None) is not None
+            ):
+                continue
+            value = kwargs.pop(absolute, None)
+            if value is None:
+                value = getattr(config, absolute, None)
+            if value is not None and (name == "max" or value > 0):
+                kwargs[relative] = max(value - prompt_len, 0)
+
+
+def compressed_forward(stock_forward: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``forward`` with the stock signature and docstring (generate() validates kwargs against it) that runs
+    :meth:`TokenCompressionMixin._tokcomp_forward`. Each family sets ``forward = compressed_forward(Stock.forward)``."""
+    signature = inspect.signature(stock_forward)
+
+    @functools.wraps(stock_forward)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs)
+        named = {k: v for k, v in bound.arguments.items() if k not in ("self", "kwargs")}
+        return self._tokcomp_forward(**named, **bound.arguments.get("kwargs", {}))
+
+    return forward
+
+
+def _with_caller_prompt(out: Any, input_ids: torch.Tensor, compressed_len: int) -> Any:
+    """Replace the compressed prompt at the start of the generated sequences with the caller's ``input_ids``."""
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    prompt = input_ids.to(sequences.device).repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
+    restored = torch.cat([prompt, sequences[:, compressed_len:]], dim=1)
+    if isinstance(out, torch.Tensor):
+        return restored
+    out.sequences = restored
+    return out

@@ -1,0 +1,11 @@
+"""One file per model family; each adds only what is specific to that family."""
+
+from .qwen2_5_vl import Qwen2_5_VLCompressionConfig, Qwen2_5_VLForConditionalGeneration
+from .qwen2_vl import Qwen2VLCompressionConfig, Qwen2VLForConditionalGeneration
+
+__all__ = [
+    "Qwen2VLCompressionConfig",
+    "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLCompressionConfig",
+    "Qwen2_5_VLForConditionalGeneration",
+]

@@ -1,0 +1,38 @@
+"""Qwen2-VL with input-stage visual token compression."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import Qwen2VLConfig
+from transformers import Qwen2VLForConditionalGeneration as _StockQwen2VL
+from transformers.generation import GenerationMixin
+
+from ..config import token_keep_field
+from ..mixin import compressed_forward
+from .qwen_vl import QwenVLCompressionMixin
+
+__all__ = ["Qwen2VLCompressionConfig", "Qwen2VLForConditionalGeneration"]
+
+
+@strict
+class Qwen2VLCompressionConfig(Qwen2VLConfig):
+    """The stock Qwen2-VL config plus ``token_keep`` (fraction of visual tokens kept, in (0, 1])."""
+
+    token_keep: float | int = token_keep_field()
+
+
+class Qwen2VLForConditionalGeneration(QwenVLCompressionMixin, _StockQwen2VL, GenerationMixin):
+    """``transformers.Qwen2VLForConditionalGeneration`` that keeps ``config.token_keep`` of each image's and
+    video's visual tokens, chosen by ``self.compressor``. Load with
+    ``from_pretrained(base, token_keep=0.5, compressor=None | dir | hub_id | module)``."""
+
+    config_class = Qwen2VLCompressionConfig
+    config: Qwen2VLCompressionConfig
+
+    forward = compressed_forward(_StockQwen2VL.forward)
+
+    def __init__(self, config: Qwen2VLConfig) -> None:
+        if not isinstance(config, Qwen2VLCompressionConfig):
+            config = Qwen2VLCompressionConfig(**config.to_dict())
+        super().__init__(config)
+        self._tokcomp_init()
