@@ -77,7 +77,8 @@ class TokenCompressor(PreTrainedModel):
         super().__init__(config)
         widths = [config.in_channels, *config.channels]
         self.blocks = nn.ModuleList(
-            _SeparableBlock(c_in, c_out, config.kernel_size) for c_in, c_out in zip(widths[:-1], widths[1:])
+            _SeparableBlock(c_in, c_out, config.kernel_size)
+            for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         )
         self.head = nn.Conv1d(widths[-1], 1, 1)
         self.post_init()

@@ -125,7 +125,7 @@ def make_qwen_inputs(
     input_ids = torch.full((batch, length), VOCAB["pad"], dtype=torch.long)
     attention_mask = torch.zeros((batch, length), dtype=torch.long)
     token_types = torch.zeros((batch, length), dtype=torch.int)
-    for b, (ids, types) in enumerate(zip(ids_per_sample, types_per_sample)):
+    for b, (ids, types) in enumerate(zip(ids_per_sample, types_per_sample, strict=True)):
         span = slice(length - len(ids), length) if padding_side == "left" else slice(0, len(ids))
         input_ids[b, span] = torch.tensor(ids)
         attention_mask[b, span] = 1

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny stock Qwen models built in code (seeded), and their stock-saved checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import hf_tokcomp
+from hf_tokcomp.tiny import tiny_qwen_config
+
+torch.set_num_threads(1)
+
+FAMILIES = {
+    "qwen2_vl": (transformers.Qwen2VLForConditionalGeneration, hf_tokcomp.Qwen2VLForConditionalGeneration),
+    "qwen2_5_vl": (transformers.Qwen2_5_VLForConditionalGeneration, hf_tokcomp.Qwen2_5_VLForConditionalGeneration),
+}
+
+
+@pytest.fixture(scope="session", params=list(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def stock_checkpoint(tmp_path_factory, family):
+    """(stock model, directory it was saved to with stock `save_pretrained`) for the family."""
+    stock_cls, _ = FAMILIES[family]
+    torch.manual_seed(0)
+    stock = stock_cls(tiny_qwen_config(family)).eval()
+    path = tmp_path_factory.mktemp(f"{family}_stock")
+    stock.save_pretrained(path)
+    return stock, path
+
+
+@pytest.fixture()
+def stock(stock_checkpoint):
+    return stock_checkpoint[0]
+
+
+@pytest.fixture()
+def ours(stock_checkpoint, family):
+    """Our class loaded from the stock checkpoint (training-free scores, no compression yet)."""
+    _, ours_cls = FAMILIES[family]
+    return ours_cls.from_pretrained(stock_checkpoint[1]).eval()

@@ -1,0 +1,75 @@
+"""Independent references built from the STOCK transformers model only (never from hf_tokcomp's runtime)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def stock_merged_embeddings(stock, inputs: dict) -> torch.Tensor:
+    """``(B, L, D)``: the stock text embeddings with the stock vision features at the placeholders."""
+    inner = stock.model
+    embeds = inner.get_input_embeddings()(inputs["input_ids"])
+    for pixels, grid, token in (
+        ("pixel_values", "image_grid_thw", stock.config.image_token_id),
+        ("pixel_values_videos", "video_grid_thw", stock.config.video_token_id),
+    ):
+        if pixels in inputs:
+            encode = inner.get_image_features if pixels == "pixel_values" else inner.get_video_features
+            feats = torch.cat(encode(inputs[pixels], inputs[grid], return_dict=True).pooler_output)
+            embeds = embeds.masked_scatter((inputs["input_ids"] == token)[..., None], feats)
+    return embeds
+
+
+def stock_positions(stock, inputs: dict) -> torch.Tensor:
+    """``(3, B, L)`` M-RoPE ids from the stock ``get_rope_index``."""
+    positions, _ = stock.model.get_rope_index(
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        video_grid_thw=inputs.get("video_grid_thw"),
+        attention_mask=inputs["attention_mask"],
+    )
+    return positions
+
+
+def naive_kept_positions(inputs: dict, config, scores_fn, keep: float) -> list[list[int]]:
+    """Per sample, the sequence positions a fixed-score compressor keeps, found with plain Python loops:
+    visual runs are cut by the grid sizes, each run keeps its max(1, round(keep * n)) best tokens."""
+    merge = config.vision_config.spatial_merge_size
+    sizes = {
+        config.image_token_id: [int(g.prod()) // merge**2 for g in inputs.get("image_grid_thw", [])],
+        config.video_token_id: [int(g.prod()) // merge**2 for g in inputs.get("video_grid_thw", [])],
+    }
+    queues = {token: list(s) for token, s in sizes.items()}
+    kept_all = []
+    for ids, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), strict=True):
+        kept, i = [], 0
+        while i < len(ids):
+            if not mask[i]:
+                i += 1
+                continue
+            if ids[i] in queues:
+                n = queues[ids[i]].pop(0)
+                scores = scores_fn(n).tolist()
+                k = max(1, round(keep * n))
+                best = sorted(sorted(range(n), key=lambda j: (-scores[j], j))[:k])
+                kept += [i + j for j in best]
+                i += n
+            else:
+                kept.append(i)
+                i += 1
+        kept_all.append(kept)
+    return kept_all
+
+
+def stock_logits_on_shortened(stock, inputs: dict, kept: list[list[int]]) -> list[torch.Tensor]:
+    """Per sample, the stock model's logits on the hand-shortened sequence (kept positions only), with the
+    original M-RoPE position ids passed explicitly, one sample at a time (no padding)."""
+    embeds = stock_merged_embeddings(stock, inputs)
+    positions = stock_positions(stock, inputs)
+    out = []
+    for b, idx in enumerate(kept):
+        idx = torch.tensor(idx)
+        logits = stock(inputs_embeds=embeds[b, idx][None], position_ids=positions[:, b, idx][:, None]).logits
+        out.append(logits[0])
+    return out

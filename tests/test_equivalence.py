@@ -1,0 +1,89 @@
+"""Compressed models against the stock transformers model."""
+
+import pytest
+import torch
+
+from hf_tokcomp.tiny import make_qwen_inputs
+
+from .fixed_scores import FixedScores, fixed_scores
+from .reference import naive_kept_positions, stock_logits_on_shortened
+
+IMAGE = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
+SMALL_IMAGE = [("text", [5]), ("image", (4, 6)), ("text", [10, 11, 12, 13])]
+TWO_IMAGES = [("text", [5]), ("image", (4, 4)), ("text", [14]), ("image", (6, 4)), ("text", [15, 16])]
+VIDEO = [("text", [5, 6]), ("video", (4, 4, 6)), ("text", [17, 18, 19])]
+TEXT_ONLY = [("text", [5, 6, 7, 8, 9])]
+
+BATCHES = {
+    "images": [IMAGE, SMALL_IMAGE],
+    "multi_image": [TWO_IMAGES, IMAGE],
+    "video": [VIDEO],
+    "image_and_video": [IMAGE, VIDEO],
+    "with_text_only_sample": [TEXT_ONLY, SMALL_IMAGE],
+}
+
+
+@pytest.mark.parametrize("name", list(BATCHES))
+def test_keep_1_reproduces_stock_logits_and_generate(stock, ours, name):
+    inputs = make_qwen_inputs(BATCHES[name], stock.config)
+    ours.config.token_keep = 1.0
+    with torch.no_grad():
+        assert torch.equal(ours(**inputs).logits, stock(**inputs).logits)
+        assert torch.equal(
+            ours.generate(**inputs, max_new_tokens=6, do_sample=False),
+            stock.generate(**inputs, max_new_tokens=6, do_sample=False),
+        )
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.25])
+@pytest.mark.parametrize("name", list(BATCHES))
+def test_fixed_scores_equal_stock_on_hand_shortened_sequence(stock, ours, name, keep):
+    inputs = make_qwen_inputs(BATCHES[name], stock.config)
+    ours.compressor = FixedScores()
+    ours.config.token_keep = keep
+    kept = naive_kept_positions(inputs, stock.config, fixed_scores, keep)
+    with torch.no_grad():
+        got = ours(**inputs).logits
+        expected = stock_logits_on_shortened(stock, inputs, kept)
+    assert got.shape[1] == max(len(k) for k in kept)
+    for b, ref in enumerate(expected):  # left padded: the sample's tokens are the last len(ref)
+        torch.testing.assert_close(got[b, -ref.shape[0] :], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_text_only_sample_in_a_compressed_batch_is_the_stock_model(stock, ours):
+    inputs = make_qwen_inputs([TEXT_ONLY, IMAGE], stock.config)
+    ours.config.token_keep = 0.5
+    with torch.no_grad():
+        got = ours(**inputs).logits[0]
+        alone = make_qwen_inputs([TEXT_ONLY], stock.config)
+        expected = stock(**alone).logits[0]
+    torch.testing.assert_close(got[-expected.shape[0] :], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_last_compression_records_kept_visual_indices(stock, ours):
+    inputs = make_qwen_inputs([TWO_IMAGES], stock.config)
+    ours.compressor = FixedScores()
+    ours.config.token_keep = 0.5
+    with torch.no_grad():
+        ours(**inputs)
+    record = ours.last_compression[0]
+    assert record.kinds == ["image", "image"] and record.num_tokens == [4, 6]
+    first = sorted(sorted(range(4), key=lambda j: -fixed_scores(4)[j])[:2])
+    second = sorted(sorted(range(6), key=lambda j: -fixed_scores(6)[j])[:3])
+    assert record.kept[0].tolist() == first
+    assert record.kept[1].tolist() == [4 + j for j in second]
+    torch.testing.assert_close(record.scores[1], fixed_scores(6)[second])
+
+
+def test_labels_give_the_loss_of_the_compressed_sequence(stock, ours):
+    inputs = make_qwen_inputs([IMAGE], stock.config)
+    labels = inputs["input_ids"].masked_fill(inputs["mm_token_type_ids"] > 0, -100)
+    ours.compressor = FixedScores()
+    ours.config.token_keep = 0.5
+    kept = naive_kept_positions(inputs, stock.config, fixed_scores, 0.5)[0]
+    with torch.no_grad():
+        loss = ours(**inputs, labels=labels).loss
+        logits = stock_logits_on_shortened(stock, inputs, [kept])[0]
+    short = labels[0, kept]
+    expected = torch.nn.functional.cross_entropy(logits[:-1], short[1:], ignore_index=-100)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
