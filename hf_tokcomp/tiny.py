@@ -7,6 +7,7 @@ Everything is built in code (no downloads). The inputs have the exact layout the
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import torch
@@ -88,14 +89,13 @@ def make_qwen_inputs(
         samples: per sample, a list of parts: ``("text", [ids])``, ``("image", (h, w))`` in patches, or
             ``("video", (t, h, w))`` with ``t`` a multiple of the temporal patch size (in frames).
         config: the model config (token ids, patch and merge sizes).
-        seed: seed of the random pixels.
+        seed: seed of the random pixels (mixed with each sample's content).
         padding_side: ``"left"`` (generation) or ``"right"``.
 
     Returns:
         ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` ``(B, L)``; ``pixel_values`` ``(patches, C*T*P*P)``
         and ``image_grid_thw`` ``(images, 3)`` when there are images; the ``*_videos`` pair when there are videos.
     """
-    gen = torch.Generator().manual_seed(seed)
     vision = config.vision_config
     merge, temporal = vision.spatial_merge_size, vision.temporal_patch_size
     patch_dim = vision.in_channels * temporal * vision.patch_size**2
@@ -103,6 +103,8 @@ def make_qwen_inputs(
     pixels: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
     grids: dict[str, list[list[int]]] = {"image": [], "video": []}
     for parts in samples:
+        # pixels depend on the sample's own content only, so a sample is the same alone and in any batch
+        gen = torch.Generator().manual_seed(seed + zlib.crc32(repr(parts).encode()))
         ids: list[int] = []
         types: list[int] = []
         for kind, value in parts:
