@@ -195,9 +195,22 @@ class TokenCompressionMixin:
                 "token compression needs `input_ids` to find the visual tokens; pass `input_ids` (not only "
                 "`inputs_embeds`), or set `model.config.token_keep = 1.0`."
             )
+        merged = self._tokcomp_merge(input_ids, visual)
+        return self._tokcomp_select(merged, input_ids, attention_mask, position_ids, labels, visual)
+
+    def _tokcomp_select(
+        self,
+        merged: MergedInputs,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        visual: dict[str, Any],
+    ) -> CompressedBatch:
+        """Everything after the vision tower: positions, features, scores, selection, gather (the overhead
+        that compression adds to a prefill)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        merged = self._tokcomp_merge(input_ids, visual)
         position_ids = self._tokcomp_positions(input_ids, attention_mask, visual, position_ids)
         cos, sin = self._tokcomp_rotary(merged.inputs_embeds, position_ids)
         rows = instruction_rows(merged.visual_mask, attention_mask)
