@@ -39,15 +39,21 @@ def main(argv: list[str] | None = None) -> None:
     model.config.token_keep = args.token_keep  # validated: a bad value raises here with the allowed range
     samples = {
         "a 16x16-patch image": [("text", [11, 12]), ("image", (16, 16)), ("text", [13, 14, 15, 16])],
-        "two images (8x12, 8x8)": [("text", [11]), ("image", (8, 12)), ("text", [17]), ("image", (8, 8)),
-                                   ("text", [18, 19])],
+        "two images (8x12, 8x8)": [
+            ("text", [11]),
+            ("image", (8, 12)),
+            ("text", [17]),
+            ("image", (8, 8)),
+            ("text", [18, 19]),
+        ],
     }
     inputs = make_qwen_inputs(list(samples.values()), config, seed=args.seed)
     merge = config.vision_config.spatial_merge_size
 
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
-                             return_dict_in_generate=True)
+        out = model.generate(
+            **inputs, max_new_tokens=args.max_new_tokens, do_sample=False, return_dict_in_generate=True
+        )
     prompt_len = inputs["input_ids"].shape[1]
     cache_len = out.past_key_values.get_seq_length() - (args.max_new_tokens - 1)
     print(f"Tiny Qwen2-VL (random weights), token_keep={args.token_keep}, batch of {len(samples)}, left padded\n")
@@ -55,8 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     for b, (name, record) in enumerate(zip(samples, model.last_compression, strict=True)):
         real = int(inputs["attention_mask"][b].sum())
         total, kept = sum(record.num_tokens), record.num_kept
-        print(f"sample {b} ({name}): prompt {real} -> {real - total + kept} tokens, "
-              f"visual {total} -> {kept}")
+        print(f"sample {b} ({name}): prompt {real} -> {real - total + kept} tokens, visual {total} -> {kept}")
         start = 0
         for n, kept_idx in zip(record.num_tokens, record.kept, strict=True):
             _, h, w = next(grids)
@@ -66,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
             start += n
         print(f"  answer ids: {out.sequences[b, prompt_len:].tolist()}")
     print(f"\npadded prompt length {prompt_len} -> KV cache prompt length {cache_len}")
-    print(f"returned sequences start with the caller's input_ids: "
-          f"{bool(torch.equal(out.sequences[:, :prompt_len], inputs['input_ids']))}")
+    print(
+        f"returned sequences start with the caller's input_ids: "
+        f"{bool(torch.equal(out.sequences[:, :prompt_len], inputs['input_ids']))}"
+    )
 
 
 if __name__ == "__main__":

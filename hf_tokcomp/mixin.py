@@ -121,15 +121,18 @@ class TokenCompressionMixin:
         position_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Original position ids of the full sequence, ``(*P, B, L)`` as the rotary embedding takes them
-        (``position_ids``: what the caller passed, if anything)."""
-        raise NotImplementedError
+        (``position_ids``: what the caller passed, if anything). Default, for 1-D RoPE: the caller's ids, else
+        the number of real tokens before each token (what ``generate`` uses; padding-invariant)."""
+        if position_ids is not None:
+            return position_ids.expand_as(input_ids)
+        return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
     def _tokcomp_rotary(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)``, each ``(B, L, head_dim)``, of layer 0 at ``positions``."""
-        raise NotImplementedError
+        return self.model.language_model.rotary_emb(embeds, positions)
 
     def _tokcomp_decoder_layer0(self) -> nn.Module:
-        raise NotImplementedError
+        return self.model.language_model.layers[0]
 
     def _tokcomp_llm_positions(self, batch: CompressedBatch) -> torch.Tensor:
         """The ``position_ids`` the stock forward is given for the compressed batch."""

@@ -32,14 +32,19 @@ def stock_positions(stock, inputs: dict) -> torch.Tensor:
     return positions
 
 
-def naive_kept_positions(inputs: dict, config, scores_fn, keep: float) -> list[list[int]]:
-    """Per sample, the sequence positions a fixed-score compressor keeps, found with plain Python loops:
-    visual runs are cut by the grid sizes, each run keeps its max(1, round(keep * n)) best tokens."""
+def qwen_segment_sizes(inputs: dict, config) -> dict[int, list[int]]:
+    """Tokens per image / video from the grids, keyed by placeholder id."""
     merge = config.vision_config.spatial_merge_size
-    sizes = {
+    return {
         config.image_token_id: [int(g.prod()) // merge**2 for g in inputs.get("image_grid_thw", [])],
         config.video_token_id: [int(g.prod()) // merge**2 for g in inputs.get("video_grid_thw", [])],
     }
+
+
+def naive_kept_positions(inputs: dict, sizes: dict[int, list[int]], scores_fn, keep: float) -> list[list[int]]:
+    """Per sample, the sequence positions a fixed-score compressor keeps, found with plain Python loops:
+    placeholder runs are cut by the segment sizes (per placeholder id, in batch order), each segment keeps its
+    max(1, round(keep * n)) best tokens."""
     queues = {token: list(s) for token, s in sizes.items()}
     kept_all = []
     for ids, mask in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), strict=True):

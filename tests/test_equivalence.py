@@ -6,7 +6,7 @@ import torch
 from hf_tokcomp.tiny import make_qwen_inputs
 
 from .fixed_scores import FixedScores, fixed_scores
-from .reference import naive_kept_positions, stock_logits_on_shortened
+from .reference import naive_kept_positions, qwen_segment_sizes, stock_logits_on_shortened
 
 IMAGE = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
 SMALL_IMAGE = [("text", [5]), ("image", (4, 6)), ("text", [10, 11, 12, 13])]
@@ -41,7 +41,7 @@ def test_fixed_scores_equal_stock_on_hand_shortened_sequence(stock, ours, name, 
     inputs = make_qwen_inputs(BATCHES[name], stock.config)
     ours.compressor = FixedScores()
     ours.config.token_keep = keep
-    kept = naive_kept_positions(inputs, stock.config, fixed_scores, keep)
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, keep)
     with torch.no_grad():
         got = ours(**inputs).logits
         expected = stock_logits_on_shortened(stock, inputs, kept)
@@ -80,7 +80,7 @@ def test_labels_give_the_loss_of_the_compressed_sequence(stock, ours):
     labels = inputs["input_ids"].masked_fill(inputs["mm_token_type_ids"] > 0, -100)
     ours.compressor = FixedScores()
     ours.config.token_keep = 0.5
-    kept = naive_kept_positions(inputs, stock.config, fixed_scores, 0.5)[0]
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.5)[0]
     with torch.no_grad():
         loss = ours(**inputs, labels=labels).loss
         logits = stock_logits_on_shortened(stock, inputs, [kept])[0]

@@ -6,7 +6,7 @@ from transformers.generation.streamers import BaseStreamer
 from hf_tokcomp.tiny import make_qwen_inputs
 
 from .fixed_scores import FixedScores, fixed_scores
-from .reference import naive_kept_positions, stock_merged_embeddings, stock_positions
+from .reference import naive_kept_positions, qwen_segment_sizes, stock_merged_embeddings, stock_positions
 
 A = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
 B = [("text", [5]), ("image", (4, 6)), ("text", [10, 11, 12, 13, 20, 21])]
@@ -43,7 +43,7 @@ def compressed(ours, keep=0.5):
 def test_greedy_matches_naive_loop_on_the_stock_model(stock, ours):
     inputs = make_qwen_inputs([A, B, C], stock.config)
     model = compressed(ours)
-    kept = naive_kept_positions(inputs, stock.config, fixed_scores, 0.5)
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.5)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
         expected = naive_greedy(stock, inputs, kept, NEW)
@@ -65,7 +65,7 @@ def test_sample_alone_equals_sample_in_left_padded_batch(stock, ours):
 def test_kv_cache_holds_only_the_compressed_prompt(stock, ours):
     inputs = make_qwen_inputs([A, B], stock.config)
     model = compressed(ours, keep=0.25)
-    kept = naive_kept_positions(inputs, stock.config, fixed_scores, 0.25)
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.25)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
     assert out.past_key_values.get_seq_length() == max(len(k) for k in kept) + NEW - 1

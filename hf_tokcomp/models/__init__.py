@@ -1,9 +1,12 @@
 """One file per model family; each adds only what is specific to that family."""
 
+from .llava_onevision import LlavaOnevisionCompressionConfig, LlavaOnevisionForConditionalGeneration
 from .qwen2_5_vl import Qwen2_5_VLCompressionConfig, Qwen2_5_VLForConditionalGeneration
 from .qwen2_vl import Qwen2VLCompressionConfig, Qwen2VLForConditionalGeneration
 
 __all__ = [
+    "LlavaOnevisionCompressionConfig",
+    "LlavaOnevisionForConditionalGeneration",
     "Qwen2VLCompressionConfig",
     "Qwen2VLForConditionalGeneration",
     "Qwen2_5_VLCompressionConfig",

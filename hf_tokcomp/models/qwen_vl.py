@@ -5,47 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..compression import CompressedBatch
 from ..mixin import MergedInputs, TokenCompressionMixin
+from ..segments import split_segments
 
-__all__ = ["QwenVLCompressionMixin", "split_segments"]
-
-
-def split_segments(mask: torch.Tensor, sizes: list[int], kind: str) -> list[list[tuple[str, int, int]]]:
-    """Cut each sample's placeholder positions into consecutive segments of the given sizes.
-
-    Args:
-        mask: ``(B, L)`` bool, True on the placeholders of one modality.
-        sizes: tokens per image (or video), in batch order, as the processor stacks them.
-        kind: label of the segments.
-
-    Returns:
-        Per sample, ``(kind, start, end)`` of each segment.
-    """
-    counts = mask.sum(dim=1).tolist()
-    if sum(counts) != sum(sizes):
-        raise ValueError(
-            f"{kind} placeholder tokens and {kind} features do not match: {sum(counts)} tokens in `input_ids`, "
-            f"{sum(sizes)} features from the {kind} inputs. Build the inputs with the model's processor."
-        )
-    out: list[list[tuple[str, int, int]]] = []
-    pending = iter(sizes)
-    for b, count in enumerate(counts):
-        positions = mask[b].nonzero().flatten().tolist()
-        segments, i = [], 0
-        while i < count:
-            size = next(pending)
-            if i + size > count or positions[i + size - 1] - positions[i] != size - 1:
-                raise ValueError(
-                    f"sample {b}: a {kind} of {size} tokens does not fit its placeholder run at position "
-                    f"{positions[i]}; the number of placeholders per {kind} must match its grid."
-                )
-            segments.append((kind, positions[i], positions[i] + size))
-            i += size
-        out.append(segments)
-    return out
+__all__ = ["QwenVLCompressionMixin"]
 
 
 class QwenVLCompressionMixin(TokenCompressionMixin):
@@ -107,12 +72,6 @@ class QwenVLCompressionMixin(TokenCompressionMixin):
             **extra,
         )
         return positions
-
-    def _tokcomp_rotary(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.language_model.rotary_emb(embeds, positions)
-
-    def _tokcomp_decoder_layer0(self) -> nn.Module:
-        return self.model.language_model.layers[0]
 
     def _tokcomp_llm_positions(self, batch: CompressedBatch) -> torch.Tensor:
         """``(4, B, L')``: row 0 = contiguous text positions (used only to build masks, so the gaps in the

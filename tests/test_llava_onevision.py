@@ -1,0 +1,167 @@
+"""LLaVA-OneVision: the same contract as the Qwen models, against the stock transformers class."""
+
+import pytest
+import torch
+import transformers
+
+import hf_tokcomp
+from hf_tokcomp.tiny_llava import make_llava_inputs, tiny_llava_onevision_config
+
+from .fixed_scores import FixedScores, fixed_scores
+from .reference import naive_kept_positions
+
+ANYRES = [("text", [5, 6]), ("image", (32, 16)), ("text", [7, 8, 9])]  # base crop + 2 crops + newlines
+SQUARE = [("text", [5]), ("image", (32, 32)), ("text", [10, 11, 12, 13])]
+TWO_IMAGES = [("text", [5]), ("image", (16, 16)), ("text", [14]), ("image", (16, 32)), ("text", [15, 16])]
+VIDEO = [("text", [5, 6]), ("video", 4), ("text", [17, 18, 19])]
+TEXT = [("text", [5, 6, 7, 8, 9])]
+BATCHES = {
+    "anyres": [ANYRES, SQUARE],
+    "multi_image": [TWO_IMAGES, TEXT],
+    "video": [VIDEO],
+    "image_and_video": [ANYRES, VIDEO],
+}
+NEW = 5
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    stock = transformers.LlavaOnevisionForConditionalGeneration(tiny_llava_onevision_config()).eval()
+    path = tmp_path_factory.mktemp("llava_ov")
+    stock.save_pretrained(path)
+    return stock, path
+
+
+@pytest.fixture()
+def stock(checkpoint):
+    return checkpoint[0]
+
+
+@pytest.fixture()
+def ours(checkpoint):
+    model = hf_tokcomp.LlavaOnevisionForConditionalGeneration.from_pretrained(checkpoint[1]).eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def segment_sizes(stock, inputs):
+    """Tokens per image / video from the stock feature path."""
+    with torch.no_grad():
+        images = videos = []
+        if "pixel_values" in inputs:
+            images = stock.model.get_image_features(
+                inputs["pixel_values"],
+                inputs["image_sizes"],
+                batch_num_images=inputs["batch_num_images"],
+                return_dict=True,
+            ).pooler_output
+        if "pixel_values_videos" in inputs:
+            videos = stock.model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output
+    return {
+        stock.config.image_token_id: [f.shape[0] for f in images],
+        stock.config.video_token_id: [f.shape[0] for f in videos],
+    }
+
+
+def stock_shortened(stock, inputs, kept, new_tokens=0):
+    """Per sample, stock logits on the hand-shortened sequence with the original 1-D positions (index among the
+    sample's real tokens) and an explicit attention mask; with ``new_tokens`` > 0, a naive greedy loop."""
+    with torch.no_grad():
+        embeds = stock.model.get_input_embeddings()(inputs["input_ids"])
+        sizes = segment_sizes(stock, inputs)
+        if sizes[stock.config.image_token_id]:
+            feats = torch.cat(
+                stock.model.get_image_features(
+                    inputs["pixel_values"],
+                    inputs["image_sizes"],
+                    batch_num_images=inputs["batch_num_images"],
+                    return_dict=True,
+                ).pooler_output
+            )
+            embeds = embeds.masked_scatter((inputs["input_ids"] == stock.config.image_token_id)[..., None], feats)
+        if sizes[stock.config.video_token_id]:
+            feats = stock.model.get_video_features(inputs["pixel_values_videos"], return_dict=True).pooler_output
+            embeds = embeds.masked_scatter(
+                (inputs["input_ids"] == stock.config.video_token_id)[..., None], feats.flatten(0, 1)
+            )
+        out = []
+        for b, idx in enumerate(kept):
+            pad = int((inputs["attention_mask"][b] == 0).sum())
+            seq, pos = embeds[b, idx], torch.tensor(idx) - pad
+            if not new_tokens:
+                out.append(
+                    stock(
+                        inputs_embeds=seq[None],
+                        position_ids=pos[None],
+                        attention_mask=torch.ones(1, len(idx), dtype=torch.long),
+                    ).logits[0]
+                )
+                continue
+            tokens = []
+            for _ in range(new_tokens):
+                logits = stock(
+                    inputs_embeds=seq[None],
+                    position_ids=pos[None],
+                    attention_mask=torch.ones(1, seq.shape[0], dtype=torch.long),
+                ).logits
+                tokens.append(int(logits[0, -1].argmax()))
+                seq = torch.cat([seq, stock.model.get_input_embeddings()(torch.tensor([tokens[-1]]))])
+                pos = torch.cat([pos, pos[-1:] + 1])
+            out.append(tokens)
+    return out
+
+
+@pytest.mark.parametrize("name", list(BATCHES))
+def test_keep_1_reproduces_stock(stock, ours, name):
+    inputs = make_llava_inputs(BATCHES[name], stock)
+    with torch.no_grad():
+        assert torch.equal(ours(**inputs).logits, stock(**inputs).logits)
+        stock.generation_config.eos_token_id = None
+        assert torch.equal(
+            ours.generate(**inputs, max_new_tokens=NEW, do_sample=False),
+            stock.generate(**inputs, max_new_tokens=NEW, do_sample=False),
+        )
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+@pytest.mark.parametrize("name", list(BATCHES))
+def test_fixed_scores_equal_stock_on_hand_shortened_sequence(stock, ours, name, with_mask):
+    # without a mask (one unpadded sample): gapped 1-D positions must not be read as packed sequences
+    inputs = make_llava_inputs(BATCHES[name] if with_mask else BATCHES[name][:1], stock)
+    if not with_mask:
+        del inputs["attention_mask"]
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.5
+    full = {**inputs, "attention_mask": torch.ones_like(inputs["input_ids"])} if not with_mask else inputs
+    kept = naive_kept_positions(full, segment_sizes(stock, inputs), fixed_scores, 0.5)
+    with torch.no_grad():
+        got = ours(**inputs).logits
+    for b, ref in enumerate(stock_shortened(stock, full, kept)):
+        torch.testing.assert_close(got[b, -ref.shape[0] :], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_matches_naive_loop_and_is_batch_invariant(stock, ours):
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.25
+    inputs = make_llava_inputs([ANYRES, TWO_IMAGES, VIDEO], stock)
+    kept = naive_kept_positions(inputs, segment_sizes(stock, inputs), fixed_scores, 0.25)
+    with torch.no_grad():
+        out = ours.generate(**inputs, max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
+        kinds = [r.kinds for r in ours.last_compression]
+        alone = ours.generate(**make_llava_inputs([TWO_IMAGES], stock), max_new_tokens=NEW, do_sample=False)
+    prompt_len = inputs["input_ids"].shape[1]
+    assert torch.equal(out.sequences[:, :prompt_len], inputs["input_ids"])
+    assert out.sequences[:, prompt_len:].tolist() == stock_shortened(stock, inputs, kept, NEW)
+    assert out.sequences[1, -NEW:].tolist() == alone[0, -NEW:].tolist()
+    assert out.past_key_values.get_seq_length() == max(len(k) for k in kept) + NEW - 1
+    assert kinds == [["image"], ["image", "image"], ["video"]]
+
+
+def test_loading_and_bad_inputs(checkpoint, tmp_path):
+    cls = hf_tokcomp.LlavaOnevisionForConditionalGeneration
+    _, info = cls.from_pretrained(checkpoint[1], output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"))
+    with pytest.raises(Exception, match="token_keep"):
+        cls.from_pretrained(checkpoint[1], token_keep=2)
+    hf_tokcomp.TokenCompressor(hf_tokcomp.TokenCompressorConfig(base_model_type="qwen2_vl")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="trained for model_type 'qwen2_vl'"):
+        cls.from_pretrained(checkpoint[1], compressor=tmp_path)
