@@ -87,3 +87,17 @@ def test_labels_give_the_loss_of_the_compressed_sequence(stock, ours):
     short = labels[0, kept]
     expected = torch.nn.functional.cross_entropy(logits[:-1], short[1:], ignore_index=-100)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sample", [TWO_IMAGES, VIDEO])
+def test_no_mask_no_cache_path_keeps_one_sequence(stock, ours, sample):
+    """Without a mask or cache transformers reads position gaps as packed sequences; the M-RoPE gaps must not be."""
+    inputs = make_qwen_inputs([sample], stock.config)
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.25
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.25)
+    del inputs["attention_mask"]
+    with torch.no_grad():
+        got = ours(**inputs, use_cache=False).logits[0]
+        full = {**inputs, "attention_mask": torch.ones_like(inputs["input_ids"])}
+        expected = stock_logits_on_shortened(stock, full, kept)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
