@@ -201,6 +201,37 @@ class TokenCompressionMixin:
         merged = self._tokcomp_merge(input_ids, visual)
         return self._tokcomp_select(merged, input_ids, attention_mask, position_ids, labels, visual)
 
+    def _tokcomp_features(
+        self, merged: MergedInputs, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, L)`` layer-0 attention features of every position (see :mod:`hf_tokcomp.features`)."""
+        cos, sin = self._tokcomp_rotary(merged.inputs_embeds, position_ids)
+        rows = instruction_rows(merged.visual_mask, attention_mask)
+        layer0 = self._tokcomp_decoder_layer0()
+        return layer0_attention_features(merged.inputs_embeds, layer0, cos, sin, attention_mask, rows)
+
+    @torch.no_grad()
+    def compressor_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **visual: Any
+    ) -> list[list[torch.Tensor]]:
+        """The compressor's input, exactly as the runtime computes it (what label shards store).
+
+        Args:
+            input_ids, attention_mask: ``(B, L)`` processor output; ``**visual``: its pixel / grid entries.
+
+        Returns:
+            Per sample, per visual segment in order, ``(in_channels, n)`` float32 features.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        visual = {k: visual.get(k) for k in self._tokcomp_visual_keys}
+        merged = self._tokcomp_merge(input_ids, visual)
+        positions = self._tokcomp_positions(input_ids, attention_mask, visual, None)
+        features = self._tokcomp_features(merged, attention_mask, positions)
+        return [
+            [features[b, start:end][None].cpu() for _, start, end in segs] for b, segs in enumerate(merged.segments)
+        ]
+
     def _tokcomp_select(
         self,
         merged: MergedInputs,
@@ -215,11 +246,7 @@ class TokenCompressionMixin:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         position_ids = self._tokcomp_positions(input_ids, attention_mask, visual, position_ids)
-        cos, sin = self._tokcomp_rotary(merged.inputs_embeds, position_ids)
-        rows = instruction_rows(merged.visual_mask, attention_mask)
-        features = layer0_attention_features(
-            merged.inputs_embeds, self._tokcomp_decoder_layer0(), cos, sin, attention_mask, rows
-        )
+        features = self._tokcomp_features(merged, attention_mask, position_ids)
 
         keep = attention_mask.bool() & ~merged.visual_mask
         records = []

@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+import transformers
 
+import hf_tokcomp
 from hf_tokcomp.explain import visual_relevance
-from hf_tokcomp.tiny import make_qwen_inputs
+from hf_tokcomp.tiny import make_qwen_inputs, tiny_qwen_config
 
 A = [("text", [5, 6]), ("image", (4, 6)), ("text", [7, 8, 9])]
 B = [("text", [5]), ("image", (4, 4)), ("text", [10]), ("image", (4, 4)), ("text", [11, 12])]
@@ -43,10 +45,18 @@ def naive_relevance(stock, inputs, answers):
         stock.set_attn_implementation("sdpa")
 
 
-@pytest.fixture(scope="session")
-def family():
+@pytest.fixture()
+def stock():
     """One family is enough here: the rollout attention is model-agnostic."""
-    return "qwen2_vl"
+    torch.manual_seed(0)
+    return transformers.Qwen2VLForConditionalGeneration(tiny_qwen_config("qwen2_vl")).eval()
+
+
+@pytest.fixture()
+def ours(stock):
+    model = hf_tokcomp.Qwen2VLForConditionalGeneration(stock.config).eval()
+    model.load_state_dict(stock.state_dict())
+    return model
 
 
 @pytest.mark.parametrize("lengths", [(1, 1), (3, 2), (2, 5)])
