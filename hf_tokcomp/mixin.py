@@ -213,14 +213,15 @@ class TokenCompressionMixin:
     @torch.no_grad()
     def compressor_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **visual: Any
-    ) -> list[list[torch.Tensor]]:
+    ) -> list[list[tuple[str, torch.Tensor]]]:
         """The compressor's input, exactly as the runtime computes it (what label shards store).
 
         Args:
             input_ids, attention_mask: ``(B, L)`` processor output; ``**visual``: its pixel / grid entries.
 
         Returns:
-            Per sample, per visual segment in order, ``(in_channels, n)`` float32 features.
+            Per sample, per visual segment in order, ``(kind, features)``: ``"image"`` or ``"video"`` and the
+            ``(in_channels, n)`` float32 features.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -228,9 +229,7 @@ class TokenCompressionMixin:
         merged = self._tokcomp_merge(input_ids, visual)
         positions = self._tokcomp_positions(input_ids, attention_mask, visual, None)
         features = self._tokcomp_features(merged, attention_mask, positions)
-        return [
-            [features[b, start:end][None].cpu() for _, start, end in segs] for b, segs in enumerate(merged.segments)
-        ]
+        return [[(kind, features[b, s:e][None].cpu()) for kind, s, e in segs] for b, segs in enumerate(merged.segments)]
 
     def _tokcomp_select(
         self,

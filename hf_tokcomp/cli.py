@@ -1,0 +1,100 @@
+"""The ``tokcomp`` command: ``label`` -> ``train`` (and ``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def _label(args: argparse.Namespace) -> None:
+    from .data import label_dataset, read_records
+    from .models import load_compressed_model
+    from .processor import load_processor
+
+    records = read_records(args.data, split=args.split)
+    model = load_compressed_model(args.model).eval()
+    processor = load_processor(args.processor or args.model)
+    manifest = label_dataset(
+        model,
+        processor,
+        records,
+        args.out,
+        shard_size=args.shard_size,
+        max_new_tokens=args.max_new_tokens,
+        model_name=args.model,
+    )
+    print(json.dumps({k: manifest[k] for k in ("labelled", "skipped_wrong", "skipped_no_visual")}))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train import TrainArguments, train_compressor
+
+    settings = TrainArguments(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+    )
+    result = train_compressor(args.labels, args.out, settings)
+    print(json.dumps(result["history"][-1]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokcomp",
+        description="Train and evaluate visual-token compressors (arXiv 2506.01097) for Hugging Face multimodal LLMs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    label = sub.add_parser(
+        "label",
+        help="write label shards: layer-0 features + GAE relevance targets",
+        description="Run a dataset through the model; per sample store the compressor's input "
+        "features and the GAE relevance of its visual tokens. Resumes after an interruption.",
+    )
+    label.add_argument("--model", required=True, help="model directory or Hub id (Qwen2-VL, Qwen2.5-VL, LLaVA-OV)")
+    label.add_argument("--data", required=True, help="JSONL (image path(s), question[, answer]) or a datasets dataset")
+    label.add_argument("--out", required=True, help="label directory (created; resumed if it exists)")
+    label.add_argument("--processor", default=None, help="processor directory (default: --model)")
+    label.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
+    label.add_argument("--shard-size", type=int, default=64, help="samples per shard (default: 64)")
+    label.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: 32)")
+    label.set_defaults(run=_label)
+
+    train = sub.add_parser(
+        "train",
+        help="train a TokenCompressor on label shards",
+        description="KL(R* || softmax(scores)) with Adam; validation KL and top-k recall per "
+        "epoch; checkpoints and resume. --out loads with TokenCompressor.from_pretrained.",
+    )
+    train.add_argument("--labels", required=True, nargs="+", help="label directories (same model)")
+    train.add_argument("--out", required=True, help="output directory (resumed from OUT/checkpoint if present)")
+    train.add_argument("--epochs", type=int, default=100, help="default: 100")
+    train.add_argument("--batch-size", type=int, default=128, help="segments per batch (default: 128)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    train.add_argument("--val-fraction", type=float, default=0.1, help="samples held out (default: 0.1)")
+    train.add_argument("--seed", type=int, default=0, help="default: 0")
+    train.set_defaults(run=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line (``tokcomp: error: ...``) and exit with 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, OSError, ImportError) as err:
+        print(f"tokcomp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tokcomp {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

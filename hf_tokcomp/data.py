@@ -1,0 +1,297 @@
+"""Label shards: per sample, the compressor's input features and the GAE relevance target (stage A).
+
+A label directory holds ``manifest.json`` and ``shard-XXXXX.safetensors`` files. Each shard stores, for a run of
+consecutive samples, every visual segment's features and target, concatenated:
+
+- ``features`` ``(tokens, in_channels)`` float32, exactly what the runtime feeds the compressor;
+- ``targets`` ``(tokens,)`` float32, the relevance averaged over the answer tokens;
+- ``lengths`` ``(segments,)`` tokens per segment; ``sample_ids`` ``(segments,)`` the sample of each segment;
+  ``kinds`` ``(segments,)`` 0 = image, 1 = video.
+
+Shards and the manifest are written atomically (temporary file + rename) and the manifest only lists finished
+shards, so an interrupted run resumes at the first sample of the first unfinished shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .explain import visual_relevance
+
+__all__ = ["LabelSegment", "read_records", "label_dataset", "load_label_dir", "MANIFEST"]
+
+MANIFEST = "manifest.json"
+_FORMAT = 1
+_KINDS = {"image": 0, "video": 1}
+
+
+class LabelError(ValueError):
+    """A problem with label data the user can fix (bad path, empty data, mismatched shards)."""
+
+
+@dataclass
+class LabelSegment:
+    """One visual segment of a labelled sample: ``features`` ``(C, n)``, ``target`` ``(n,)``."""
+
+    features: torch.Tensor
+    target: torch.Tensor
+    sample_id: int
+    kind: str
+
+
+def read_records(data: str | os.PathLike, split: str = "train") -> Sequence[dict[str, Any]]:
+    """Samples from a JSONL file (one object per line: ``image`` path(s) relative to the file, ``question``,
+    optional ``answer``) or a Hugging Face ``datasets`` dataset (a ``save_to_disk`` folder, or a Hub name with
+    ``split``) with the same columns (``image`` may hold PIL images)."""
+    path = Path(data)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise LabelError(f"--data {str(data)!r}: no such file")
+        records = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LabelError(f"--data {str(data)!r} line {number}: not JSON ({err.msg})") from err
+            for key in ("image", "video"):
+                if isinstance(record.get(key), str):
+                    record[key] = str(path.parent / record[key])
+                elif isinstance(record.get(key), list):
+                    record[key] = [str(path.parent / p) for p in record[key]]
+            records.append(record)
+    else:
+        try:
+            import datasets
+        except ImportError as err:
+            raise LabelError(
+                f"--data {str(data)!r} is not a .jsonl file; reading datasets needs `pip install datasets`"
+            ) from err
+        try:
+            records = (
+                datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(str(data), split=split)
+            )
+        except Exception as err:  # noqa: BLE001 - one clear line for the CLI
+            raise LabelError(f"--data {str(data)!r} could not be read as a dataset: {err}") from err
+        if isinstance(records, datasets.DatasetDict):
+            records = records[split]
+    if len(records) == 0:
+        raise LabelError(f"--data {str(data)!r} holds no samples")
+    missing = [k for k in ("question",) if k not in records[0]] + (
+        [] if {"image", "video"} & set(records[0]) else ["image or video"]
+    )
+    if missing:
+        raise LabelError(f"--data {str(data)!r}: samples need the field(s) {missing}; got {sorted(records[0])}")
+    return records
+
+
+def _open_image(value: Any):
+    from PIL import Image
+
+    return Image.open(value).convert("RGB") if isinstance(value, (str, os.PathLike)) else value.convert("RGB")
+
+
+def build_inputs(processor, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Processor output for one record: the user turn holds its image(s) / video, then the question."""
+    images = record.get("image")
+    images = [] if images is None else [_open_image(i) for i in (images if isinstance(images, list) else [images])]
+    video = record.get("video")
+    content = [{"type": "image"} for _ in images] + ([{"type": "video"}] if video is not None else [])
+    content.append({"type": "text", "text": record["question"]})
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
+    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+    if images:
+        kwargs["images"] = images
+    if video is not None:
+        kwargs["videos"] = [[_open_image(f) for f in video]]
+    return dict(processor(**kwargs))
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[\s.!?]+$", "", text.strip().lower())
+
+
+def _fingerprint(records: Sequence[dict[str, Any]]) -> str:
+    """Identifies the dataset (its size and questions), so a resume never mixes two datasets."""
+    digest = hashlib.sha256(str(len(records)).encode())
+    for i in range(len(records)):
+        digest.update(str(records[i].get("question")).encode())
+    return digest.hexdigest()[:16]
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _save_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    _write_atomic(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
+
+
+def label_dataset(
+    model,
+    processor,
+    records: Sequence[dict[str, Any]],
+    out: str | os.PathLike,
+    shard_size: int = 64,
+    max_new_tokens: int = 32,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Label ``records`` into ``out`` (resuming if ``out`` holds a manifest for the same model and data).
+
+    Each sample: the model answers greedily (uncompressed); with a reference ``answer`` a wrong answer is skipped
+    and counted; the features are the runtime's :meth:`compressor_features`; the target is
+    :func:`~hf_tokcomp.explain.visual_relevance` for the model's own answer tokens.
+
+    Returns:
+        The manifest (counts of labelled and skipped samples, shards).
+    """
+    from tqdm.auto import tqdm
+
+    if shard_size < 1:
+        raise LabelError(f"--shard-size must be >= 1, got {shard_size}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = {
+        "format": _FORMAT,
+        "model_type": model.config.model_type,
+        "model_name_or_path": model_name or getattr(model.config, "_name_or_path", None),
+        "hidden_size": model.config.get_text_config().hidden_size,
+        "feature_channels": model._tokcomp_in_channels,
+        "data_fingerprint": _fingerprint(records),
+        "num_records": len(records),
+    }
+    manifest = {**identity, "next_sample": 0, "labelled": 0, "skipped_wrong": 0, "skipped_no_visual": 0, "shards": []}
+    if (out / MANIFEST).is_file():
+        saved = json.loads((out / MANIFEST).read_text())
+        clash = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
+        if clash:
+            raise LabelError(
+                f"--out {str(out)!r} holds labels of another run (differs in {clash}); use a new directory"
+            )
+        manifest = saved
+    tokenizer = getattr(processor, "tokenizer", processor)
+    pending: list[tuple[int, list[torch.Tensor], torch.Tensor, list[str]]] = []
+    counts = {k: 0 for k in ("labelled", "skipped_wrong", "skipped_no_visual")}
+
+    def flush(end: int) -> None:
+        index = len(manifest["shards"])
+        name = f"shard-{index:05d}.safetensors"
+        lengths = [f.shape[-1] for _, feats, _, _ in pending for f in feats]
+        tensors = {
+            "features": torch.cat([f.T for _, feats, _, _ in pending for f in feats])
+            if pending
+            else torch.zeros(0, identity["feature_channels"]),
+            "targets": torch.cat([t for _, _, t, _ in pending]) if pending else torch.zeros(0),
+            "lengths": torch.tensor(lengths, dtype=torch.long),
+            "sample_ids": torch.tensor([i for i, feats, _, _ in pending for _ in feats], dtype=torch.long),
+            "kinds": torch.tensor([_KINDS[k] for _, _, _, kinds in pending for k in kinds], dtype=torch.int8),
+        }
+        _write_atomic(out / name, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+        manifest["shards"].append(
+            {
+                "file": name,
+                "first_sample": manifest["next_sample"],
+                "end_sample": end,
+                "segments": len(lengths),
+                "tokens": sum(lengths),
+            }
+        )
+        manifest["next_sample"] = end
+        for key, value in counts.items():
+            manifest[key] += value
+            counts[key] = 0
+        _save_manifest(out, manifest)
+        pending.clear()
+
+    start = manifest["next_sample"]
+    bar = tqdm(range(start, len(records)), initial=start, total=len(records), desc="labelling", disable=not progress)
+    for index in bar:
+        record = records[index]
+        inputs = build_inputs(processor, record)
+        segments = model.compressor_features(**inputs)[0]
+        if not segments:
+            counts["skipped_no_visual"] += 1
+        else:
+            answer = _model_answer(model, inputs, max_new_tokens)
+            reference = record.get("answer")
+            if reference is not None and _normalise(tokenizer.decode(answer, skip_special_tokens=True)) != _normalise(
+                str(reference)
+            ):
+                counts["skipped_wrong"] += 1
+            else:
+                relevance = visual_relevance(model, inputs, [answer])[0]
+                kinds, features = zip(*segments, strict=True)
+                pending.append((index, list(features), relevance.float(), list(kinds)))
+                counts["labelled"] += 1
+        if (index + 1 - start) % shard_size == 0 or index + 1 == len(records):
+            flush(index + 1)
+            start = index + 1
+        bar.set_postfix(
+            labelled=manifest["labelled"] + counts["labelled"],
+            wrong=manifest["skipped_wrong"] + counts["skipped_wrong"],
+        )
+    return manifest
+
+
+def _model_answer(model, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+    """The model's greedy, uncompressed answer, without the end-of-sequence token."""
+    saved, model.config.token_keep = model.config.token_keep, 1.0
+    try:
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    finally:
+        model.config.token_keep = saved
+    answer = out[0, inputs["input_ids"].shape[1] :]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    cut = next((i for i, t in enumerate(answer.tolist()) if t in eos), answer.shape[0])
+    return answer[:cut]
+
+
+def load_label_dir(path: str | os.PathLike) -> tuple[dict[str, Any], list[LabelSegment]]:
+    """The manifest and every labelled segment of a label directory."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise LabelError(f"--labels {str(path)!r} has no {MANIFEST}; create it with `tokcomp label`")
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format") != _FORMAT:
+        raise LabelError(f"--labels {str(path)!r}: label format {manifest.get('format')} is not {_FORMAT}")
+    segments: list[LabelSegment] = []
+    kinds = {v: k for k, v in _KINDS.items()}
+    for shard in manifest["shards"]:
+        tensors = load_file(str(path / shard["file"]))
+        if tensors["features"].shape[-1] != manifest["feature_channels"]:
+            raise LabelError(
+                f"{shard['file']}: feature width {tensors['features'].shape[-1]} != the manifest's "
+                f"{manifest['feature_channels']}"
+            )
+        offsets = [0, *torch.cumsum(tensors["lengths"], 0).tolist()]
+        for i in range(len(tensors["lengths"])):
+            lo, hi = offsets[i], offsets[i + 1]
+            segments.append(
+                LabelSegment(
+                    tensors["features"][lo:hi].T.contiguous(),
+                    tensors["targets"][lo:hi],
+                    int(tensors["sample_ids"][i]),
+                    kinds[int(tensors["kinds"][i])],
+                )
+            )
+    return manifest, segments

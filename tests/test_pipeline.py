@@ -1,0 +1,242 @@
+"""Label shards, compressor training and the `tokcomp` CLI on a tiny Qwen2-VL with a word-level processor."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import hf_tokcomp
+from hf_tokcomp import TokenCompressor
+from hf_tokcomp.cli import main as tokcomp
+from hf_tokcomp.data import build_inputs, label_dataset, read_records
+from hf_tokcomp.processor import load_processor, word_level_qwen_processor
+from hf_tokcomp.tiny import tiny_qwen_config
+from hf_tokcomp.train import TrainArguments, evaluate_segments, load_label_dirs, relevance_target, train_compressor
+
+WORDS = ["what", "colour", "is", "the", "square", "circle", "?", "red", "blue", "green", "how", "many"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A saved model + processor directory, and a JSONL dataset of 7 images (sizes vary)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    torch.manual_seed(0)
+    model = hf_tokcomp.Qwen2VLForConditionalGeneration(tiny_qwen_config("qwen2_vl")).eval()
+    model.generation_config.max_new_tokens = 4
+    model.save_pretrained(root / "model")
+    word_level_qwen_processor(WORDS).save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(7):
+        size = (8 * (2 + i % 3), 8 * (2 + (i + 1) % 3))
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+        lines.append(json.dumps({"image": f"img{i}.png", "question": "what colour is the " + WORDS[4 + i % 2] + " ?"}))
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _load(workspace):
+    model = hf_tokcomp.Qwen2VLForConditionalGeneration.from_pretrained(workspace / "model").eval()
+    return model, load_processor(workspace / "model")
+
+
+def _shards(path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    return manifest, [load_file(str(path / s["file"])) for s in manifest["shards"]]
+
+
+def test_shard_features_are_what_the_runtime_feeds_the_compressor(workspace, tmp_path):
+    model, processor = _load(workspace)
+    records = read_records(workspace / "data.jsonl")
+    manifest = label_dataset(model, processor, records, tmp_path, shard_size=3, max_new_tokens=3, progress=False)
+    assert manifest["labelled"] == 7 and len(manifest["shards"]) == 3
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, features):
+            self.seen.append(features[0].clone())
+            return features[:, 0]
+
+    model.compressor, model.config.token_keep = Recorder(), 0.5
+    for record in records:
+        with torch.no_grad():
+            model(**build_inputs(processor, record))
+    _, shards = _shards(tmp_path)
+    stored = [f.T for s in shards for f in torch.split(s["features"], s["lengths"].tolist())]
+    assert len(stored) == len(model.compressor.seen) == 7
+    for got, seen in zip(stored, model.compressor.seen, strict=True):
+        torch.testing.assert_close(got, seen, rtol=0, atol=0)
+
+
+def test_interrupted_label_run_resumes_to_the_same_shards(workspace, tmp_path, monkeypatch):
+    model, processor = _load(workspace)
+    records = read_records(workspace / "data.jsonl")
+    label_dataset(model, processor, records, tmp_path / "whole", shard_size=2, max_new_tokens=3, progress=False)
+
+    import hf_tokcomp.data as data
+
+    calls = {"n": 0}
+    real = data.visual_relevance
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # in the middle of the second shard
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "visual_relevance", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        label_dataset(model, processor, records, tmp_path / "resumed", shard_size=2, max_new_tokens=3, progress=False)
+    assert json.loads((tmp_path / "resumed" / "manifest.json").read_text())["next_sample"] == 2
+    monkeypatch.setattr(data, "visual_relevance", real)
+    label_dataset(model, processor, records, tmp_path / "resumed", shard_size=2, max_new_tokens=3, progress=False)
+
+    whole, whole_shards = _shards(tmp_path / "whole")
+    resumed, resumed_shards = _shards(tmp_path / "resumed")
+    assert whole == resumed
+    for a, b in zip(whole_shards, resumed_shards, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_wrong_answers_are_skipped_and_counted(workspace, tmp_path):
+    model, processor = _load(workspace)
+    records = [dict(r) for r in read_records(workspace / "data.jsonl")][:3]
+    first = model.generate(**build_inputs(processor, records[0]), max_new_tokens=3, do_sample=False)
+    prompt_len = build_inputs(processor, records[0])["input_ids"].shape[1]
+    records[0]["answer"] = processor.tokenizer.decode(first[0, prompt_len:], skip_special_tokens=True)
+    records[1]["answer"] = "certainly not this"
+    manifest = label_dataset(model, processor, records, tmp_path, max_new_tokens=3, progress=False)
+    assert (manifest["labelled"], manifest["skipped_wrong"]) == (2, 1)
+
+
+def _synthetic_labels(path, model_type="qwen2_vl", segments=240, seed=0):
+    """Features: random positive attention. Relevance: where the two NEIGHBOURS are strong (not the token itself),
+    so copying the features cannot score well, but a small convolution can."""
+    gen = torch.Generator().manual_seed(seed)
+    feats, targets, lengths = [], [], []
+    for _ in range(segments):
+        n = int(torch.randint(16, 48, (1,), generator=gen))
+        f = torch.rand(n, generator=gen) ** 3
+        r = torch.zeros(n)
+        r[1:-1] = f[:-2] * f[2:]
+        feats.append(f[:, None])
+        targets.append(r)
+        lengths.append(n)
+    path.mkdir(parents=True)
+    tensors = {
+        "features": torch.cat(feats),
+        "targets": torch.cat(targets),
+        "lengths": torch.tensor(lengths),
+        "sample_ids": torch.arange(segments),
+        "kinds": torch.zeros(segments, dtype=torch.int8),
+    }
+    save_file(tensors, str(path / "shard-00000.safetensors"))
+    manifest = {
+        "format": 1,
+        "model_type": model_type,
+        "hidden_size": 64,
+        "feature_channels": 1,
+        "model_name_or_path": "synthetic",
+        "shards": [{"file": "shard-00000.safetensors"}],
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_training_lowers_kl_and_beats_random_recall(tmp_path):
+    _synthetic_labels(tmp_path / "labels")
+    args = TrainArguments(epochs=12, batch_size=32, learning_rate=3e-3, seed=0, compressor={"kernel_size": 3})
+    _, segments = load_label_dirs([tmp_path / "labels"])
+    val = [(s.features, relevance_target(s.target), s.target) for s in segments[:24]]
+    torch.manual_seed(0)
+    before = evaluate_segments(TokenCompressor(hf_tokcomp.TokenCompressorConfig(kernel_size=3)), val)
+    result = train_compressor(tmp_path / "labels", tmp_path / "out", args, progress=False)
+    after = result["history"][-1]
+    assert after["kl"] < 0.7 * result["history"][0]["kl"] and after["kl"] < before["kl"]
+    assert after["recall@25%"] > 0.6 and after["recall@50%"] > 0.75  # random: about 0.25 and 0.5
+    loaded = TokenCompressor.from_pretrained(tmp_path / "out")
+    assert loaded.config.base_model_type == "qwen2_vl"
+
+
+def test_training_resumes_to_the_same_weights(tmp_path):
+    _synthetic_labels(tmp_path / "labels", segments=60)
+    args = dict(batch_size=16, learning_rate=3e-3, seed=1)
+    train_compressor(tmp_path / "labels", tmp_path / "whole", TrainArguments(epochs=4, **args), progress=False)
+    train_compressor(tmp_path / "labels", tmp_path / "resumed", TrainArguments(epochs=2, **args), progress=False)
+    result = train_compressor(
+        tmp_path / "labels", tmp_path / "resumed", TrainArguments(epochs=4, **args), progress=False
+    )
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_label_then_train_end_to_end(workspace, tmp_path, capsys):
+    assert (
+        tokcomp(
+            [
+                "label",
+                "--model",
+                str(workspace / "model"),
+                "--data",
+                str(workspace / "data.jsonl"),
+                "--out",
+                str(tmp_path / "labels"),
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["labelled"] == 7
+    assert (
+        tokcomp(
+            [
+                "train",
+                "--labels",
+                str(tmp_path / "labels"),
+                "--out",
+                str(tmp_path / "comp"),
+                "--epochs",
+                "2",
+                "--val-fraction",
+                "0.3",
+            ]
+        )
+        == 0
+    )
+    model = hf_tokcomp.Qwen2VLForConditionalGeneration.from_pretrained(
+        workspace / "model", compressor=tmp_path / "comp", token_keep=0.5
+    )
+    assert isinstance(model.compressor, TokenCompressor)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["label", "--model", "MODEL", "--data", "nowhere.jsonl", "--out", "OUT"], "no such file"),
+        (["label", "--model", "MODEL", "--data", "EMPTY", "--out", "OUT"], "holds no samples"),
+        (["train", "--labels", "nowhere", "--out", "OUT"], "has no manifest.json"),
+        (["train", "--labels", "LABELS", "OTHER", "--out", "OUT"], "train one compressor per model"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(workspace, tmp_path, capsys, argv, message):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    _synthetic_labels(tmp_path / "labels")
+    _synthetic_labels(tmp_path / "other", model_type="llava_onevision")
+    subst = {
+        "MODEL": str(workspace / "model"),
+        "EMPTY": str(tmp_path / "empty.jsonl"),
+        "OUT": str(tmp_path / "o"),
+        "LABELS": str(tmp_path / "labels"),
+        "OTHER": str(tmp_path / "other"),
+    }
+    assert tokcomp([subst.get(a, a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
