@@ -22,6 +22,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from .compression import compress_batch
+
 __all__ = ["visual_relevance", "append_answers"]
 
 _IMPLEMENTATION = "tokcomp_gae_rollout"
@@ -34,14 +36,13 @@ class _Rollout:
         self.v = v
         self.last_layer: int | None = None
 
-    def update(self, layer: int, probs: torch.Tensor, grad: torch.Tensor) -> None:
-        """probs, grad: ``(B, H, S, S)``; ``v <- v + v @ mean_h(relu(probs * grad))``."""
+    def update(self, layer: int, weights: torch.Tensor) -> None:
+        """weights: ``(B, S, S)`` = mean over heads of relu(A * dA); ``v <- v + v @ weights``."""
         if self.last_layer is not None and layer >= self.last_layer:
             raise RuntimeError(
                 f"relevance rollout expected layers in descending order, got {layer} after {self.last_layer}"
             )
         self.last_layer = layer
-        weights = (probs * grad).clamp_min(0).float().mean(dim=1)  # (B, S, S)
         self.v = self.v + torch.bmm(self.v[:, None, :], weights)[:, 0]
 
 
@@ -49,32 +50,44 @@ _ACTIVE: list[_Rollout] = []  # the rollout of the backward in progress (set by 
 
 
 class _RolloutAttention(torch.autograd.Function):
-    """Eager attention that saves only q, k, v and feeds ``(A, dA)`` of its layer to the active rollout."""
+    """Eager attention, one head at a time, that saves only q, k, v and hands the head-mean of
+    relu(A * dA) of its layer to the active rollout. Peak extra memory: a few ``(B, S, S)`` maps."""
 
     @staticmethod
     def forward(ctx, query, key, value, mask, scaling: float, layer: int):
-        probs = _probs(query, key, mask, scaling)
+        out = torch.empty_like(query)
+        for h in range(query.shape[1]):
+            out[:, h] = torch.matmul(_probs(query[:, h], key[:, h], mask, scaling), value[:, h])
         ctx.save_for_backward(query, key, value, mask)
         ctx.scaling, ctx.layer = scaling, layer
-        return torch.matmul(probs, value)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         query, key, value, mask = ctx.saved_tensors
-        probs = _probs(query, key, mask, ctx.scaling)
-        grad_probs = torch.matmul(grad_out, value.transpose(-1, -2))
+        heads = query.shape[1]
+        grad_query, grad_key, grad_value = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+        weights = torch.zeros(query.shape[0], query.shape[2], key.shape[2], dtype=torch.float32, device=query.device)
+        for h in range(heads):  # in-place where possible: about three (B, S, S) maps live at once
+            probs = _probs(query[:, h], key[:, h], mask, ctx.scaling)
+            grad_probs = torch.matmul(grad_out[:, h], value[:, h].transpose(-1, -2))
+            product = probs * grad_probs
+            row_sums = product.sum(-1, keepdim=True)
+            weights.add_(product.clamp_(min=0).float(), alpha=1.0 / heads)
+            del product
+            grad_scores = grad_probs.sub_(row_sums).mul_(probs)  # softmax backward
+            grad_query[:, h] = torch.matmul(grad_scores, key[:, h]) * ctx.scaling
+            grad_key[:, h] = torch.matmul(grad_scores.transpose(-1, -2), query[:, h]) * ctx.scaling
+            grad_value[:, h] = torch.matmul(probs.transpose(-1, -2), grad_out[:, h])
         if _ACTIVE:
-            _ACTIVE[-1].update(ctx.layer, probs, grad_probs)
-        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
-        grad_query = torch.matmul(grad_scores, key) * ctx.scaling
-        grad_key = torch.matmul(grad_scores.transpose(-1, -2), query) * ctx.scaling
-        grad_value = torch.matmul(probs.transpose(-1, -2), grad_out)
+            _ACTIVE[-1].update(ctx.layer, weights)
         return grad_query, grad_key, grad_value, None, None, None
 
 
 def _probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling + mask
-    return torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    """One head: query ``(B, S, d)``, key ``(B, S, d)``, mask broadcastable to ``(B, S, S)``."""
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scaling).add_(mask)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
 def _rollout_attention(module: nn.Module, query, key, value, attention_mask, scaling: float, **_: Any):
@@ -86,6 +99,7 @@ def _rollout_attention(module: nn.Module, query, key, value, attention_mask, sca
         length = query.shape[-2]
         attention_mask = torch.full((length, length), torch.finfo(query.dtype).min, device=query.device).triu(1)
     mask = attention_mask[..., : key.shape[-2]]
+    mask = mask[:, 0] if mask.ndim == 4 else mask  # (B, 1, S, S) -> (B, S, S): the same for every head
     out = _RolloutAttention.apply(query, key, value, mask, scaling, module.layer_idx)
     return out.transpose(1, 2).contiguous(), None
 
@@ -172,9 +186,10 @@ def visual_relevance(
         empty for samples without visual tokens or with an empty answer.
 
     Memory: the forward keeps what a normal training step keeps, except the attention maps: per layer only q, k,
-    v (``O(L * S * hidden)``). The backward holds one layer's ``(B, H, S, S)`` probabilities and gradient at a
-    time and the ``(B, S)`` row vectors. The naive method keeps every layer's ``(B, H, S, S)`` map and
-    gradient and an ``S x S`` relevance matrix. Time: one backward per answer token (longest answer in the
+    v (``O(L * S * hidden)``); attention runs one head at a time, so forward and backward hold a few
+    ``(B, S, S)`` maps at once (probabilities, gradient, the head-mean), plus the ``(B, S)`` row vectors. The
+    naive method keeps every layer's ``(B, H, S, S)`` map and gradient and an ``S x S`` relevance matrix
+    (``O(L * H * S^2)``). Time: one backward per answer token (longest answer in the
     batch), each ``O(L * S^2)`` on top of the ordinary backward.
     """
     pad = model.config.get_text_config().pad_token_id or 0
@@ -191,19 +206,23 @@ def visual_relevance(
     visual = (ids == model.config.image_token_id) | (ids == model.config.video_token_id)
     total = torch.zeros(batch, length, dtype=torch.float32, device=ids.device)
 
-    layer0 = model._tokcomp_decoder_layer0()
-    captured: list[torch.Tensor] = []
-
-    def grab_input(_module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if not hidden.requires_grad:
-            hidden.requires_grad_(True)
-        captured.append(hidden)
-
-    handle = layer0.register_forward_pre_hook(grab_input, with_kwargs=True)
-    try:
-        with _relevance_mode(model), torch.enable_grad():
-            logits = model(**full, use_cache=False).logits
+    with _relevance_mode(model):
+        # The vision tower runs without a graph: relevance only needs gradients inside the LLM.
+        visual_inputs = {k: full.get(k) for k in model._tokcomp_visual_keys}
+        with torch.no_grad():
+            merged = model._tokcomp_merge(ids, visual_inputs)
+            positions = model._tokcomp_positions(ids, full["attention_mask"], visual_inputs, None)
+            batch_inputs = compress_batch(
+                full["attention_mask"].bool(), ids, merged.inputs_embeds, positions, pad_token_id=pad, left_padding=True
+            )  # keeps every token, same layout
+        embeds = batch_inputs.inputs_embeds.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(
+                inputs_embeds=embeds,
+                attention_mask=batch_inputs.attention_mask,
+                position_ids=model._tokcomp_llm_positions(batch_inputs),
+                use_cache=False,
+            ).logits
             for t in range(max(lengths, default=0)):
                 active = [b for b in range(batch) if t < lengths[b]]
                 # answer token t of sample b sits at column length - T_b + t, predicted by the column before
@@ -213,12 +232,10 @@ def visual_relevance(
                 v[active, where] = 1.0
                 _ACTIVE.append(_Rollout(v))
                 try:
-                    torch.autograd.grad(target, captured[0], retain_graph=t + 1 < max(lengths))
+                    torch.autograd.grad(target, embeds, retain_graph=t + 1 < max(lengths))
                     total += _ACTIVE[-1].v
                 finally:
                     _ACTIVE.pop()
-    finally:
-        handle.remove()
     counts = torch.tensor([max(n, 1) for n in lengths], dtype=torch.float32, device=ids.device)
     mean = total / counts[:, None]
     return [mean[b, visual[b]].detach().cpu() if lengths[b] else mean.new_zeros(0).cpu() for b in range(batch)]
