@@ -13,9 +13,22 @@ from .models import (  # noqa: E402
     Qwen2VLCompressionConfig,
     Qwen2VLForConditionalGeneration,
 )
+from .hub_config import TokCompConfig  # noqa: E402
+from .hub_loader import TokCompForImageTextToText  # noqa: E402
 from .selection import SampleSelection  # noqa: E402
 
 __version__ = "0.1.0"
+
+
+def _register_auto_classes() -> None:
+    """Compressor-only repos load with AutoModelForImageTextToText once hf_tokcomp is imported."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    AutoConfig.register(TokCompConfig.model_type, TokCompConfig, exist_ok=True)
+    AutoModelForImageTextToText.register(TokCompConfig, TokCompForImageTextToText, exist_ok=True)
+
+
+_register_auto_classes()
 
 __all__ = [
     "LlavaOnevisionCompressionConfig",
@@ -25,6 +38,8 @@ __all__ = [
     "Qwen2_5_VLCompressionConfig",
     "Qwen2_5_VLForConditionalGeneration",
     "SampleSelection",
+    "TokCompConfig",
+    "TokCompForImageTextToText",
     "TokenCompressor",
     "TokenCompressorConfig",
     "__version__",

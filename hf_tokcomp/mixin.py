@@ -17,14 +17,35 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.generation.streamers import BaseStreamer
+from transformers.utils import cached_file
 
 from .compression import CompressedBatch, compress_batch
+from .compressor import TokenCompressor
 from .config import check_token_keep
 from .features import instruction_rows, layer0_attention_features
-from .resolve import resolve_compressor
+from .resolve import check_repo_base, resolve_compressor
 from .selection import SampleSelection, select_top
 
-__all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward"]
+__all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward", "SAVED", "SAVED_COMPRESSOR_DIR"]
+
+#: default of ``from_pretrained(compressor=...)``: the compressor saved with the checkpoint, if any
+SAVED = object()
+#: where a full ``save_pretrained`` puts the compressor
+SAVED_COMPRESSOR_DIR = "compressor"
+
+
+def _saved_compressor(path: str | os.PathLike | None, kwargs: dict[str, Any]) -> str | None:
+    """The ``compressor/`` folder saved next to a checkpoint (local or Hub), or None."""
+    if path is None:
+        return None
+    hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+    try:
+        found = cached_file(
+            str(path), f"{SAVED_COMPRESSOR_DIR}/config.json", _raise_exceptions_for_missing_entries=False, **hub
+        )
+    except (OSError, ValueError):
+        return None
+    return None if found is None else os.path.dirname(found)
 
 
 @dataclass
@@ -91,23 +112,59 @@ class TokenCompressionMixin:
         cls,
         pretrained_model_name_or_path: str | os.PathLike | None,
         *model_args: Any,
-        compressor: str | os.PathLike | nn.Module | None = None,
+        compressor: str | os.PathLike | nn.Module | None | object = SAVED,
         **kwargs: Any,
     ):
-        """Load the stock checkpoint, then attach ``compressor`` (loaded and checked FIRST, so a bad compressor
-        fails before the large download). ``token_keep=`` is a config override like any other."""
-        module = resolve_compressor(compressor, cls.config_class.model_type, cls._tokcomp_in_channels)
+        """Load the stock checkpoint, then attach ``compressor``: a ``TokenCompressor`` directory / Hub id, a
+        compressor-only repo, a module, None (training-free), or by default the compressor saved with the
+        checkpoint (``compressor/``) if there is one. The compressor is loaded and checked FIRST, so a bad one
+        fails before the large download. ``token_keep=`` is a config override like any other."""
+        if compressor is SAVED:
+            compressor = _saved_compressor(pretrained_model_name_or_path, kwargs)
+        module, repo_config = resolve_compressor(compressor, cls.config_class.model_type, cls._tokcomp_in_channels)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        model.set_compressor(module)
+        if repo_config is not None:
+            check_repo_base(repo_config, str(compressor), model.config, getattr(model.config, "_commit_hash", None))
+        model.compressor = None if module is None else module.to(model.device)
         return loaded
 
     def set_compressor(self, compressor: str | os.PathLike | nn.Module | None, **hub_kwargs: Any) -> None:
-        """Attach a compressor: a saved directory or Hub id, a module, or None (training-free)."""
-        module = resolve_compressor(compressor, self.config.model_type, self._tokcomp_in_channels, **hub_kwargs)
-        if module is not None:
-            module = module.to(self.device)
-        self.compressor = module
+        """Attach a compressor: a saved directory or Hub id, a compressor-only repo, a module, or None
+        (training-free). On any error the current compressor stays."""
+        module, repo_config = resolve_compressor(
+            compressor, self.config.model_type, self._tokcomp_in_channels, **hub_kwargs
+        )
+        if repo_config is not None:
+            check_repo_base(repo_config, str(compressor), self.config, getattr(self.config, "_commit_hash", None))
+        self.compressor = None if module is None else module.to(self.device)
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args: Any, compressor_only: bool = False, **kwargs: Any
+    ) -> None:
+        """``compressor_only=False``: the stock checkpoint (loadable by stock transformers) plus the compressor in
+        ``compressor/``, which our ``from_pretrained`` re-attaches. ``compressor_only=True``: a small
+        compressor-only repo (see :func:`hf_tokcomp.hub.save_compressor_repo`; its keyword arguments apply)."""
+        if compressor_only:
+            from .hub import save_compressor_repo
+
+            save_compressor_repo(self, save_directory, **kwargs)
+            return
+        compressor = self._modules.pop("compressor", None)
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self._modules["compressor"] = compressor
+        if isinstance(compressor, TokenCompressor):
+            compressor.save_pretrained(os.path.join(save_directory, SAVED_COMPRESSOR_DIR))
+
+    def push_to_hub(self, repo_id: str, *args: Any, compressor_only: bool = False, **kwargs: Any):
+        """``compressor_only=True`` uploads exactly what ``save_pretrained(..., compressor_only=True)`` writes."""
+        if not compressor_only:
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        from .hub import push_compressor_repo
+
+        return push_compressor_repo(self, repo_id, **kwargs)
 
     # ---- model-specific hooks -------------------------------------------------------------------------------
     def _tokcomp_merge(self, input_ids: torch.Tensor, visual: dict[str, Any]) -> MergedInputs:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 from torch import nn
 
 from .compressor import TokenCompressor
+from .hub_config import TokCompConfig
+from .hub_loader import is_compressor_repo, load_repo_compressor
 
-__all__ = ["resolve_compressor"]
+__all__ = ["resolve_compressor", "check_repo_base"]
 
 _HELP = (
     "Pass a directory or Hub id saved with `TokenCompressor.save_pretrained`, an `nn.Module` mapping "
@@ -18,8 +21,12 @@ _HELP = (
 
 def resolve_compressor(
     spec: str | os.PathLike | nn.Module | None, model_type: str, in_channels: int = 1, **hub_kwargs
-) -> nn.Module | None:
+) -> tuple[nn.Module | None, TokCompConfig | None]:
     """Load or check a compressor for a model of ``model_type`` whose runtime makes ``in_channels`` features.
+
+    ``spec`` may be a ``TokenCompressor`` directory / Hub id, a compressor-only repo (``save_pretrained(...,
+    compressor_only=True)``), a module, or None. Returns the module and, for a compressor-only repo, its
+    :class:`TokCompConfig` (for :func:`check_repo_base` once the base model is loaded).
 
     Raises:
         ValueError: the weights are missing, incomplete or unreadable, the compressor was trained for another
@@ -28,11 +35,15 @@ def resolve_compressor(
     if spec is None or isinstance(spec, nn.Module):
         if isinstance(spec, TokenCompressor):
             _check_compatible(spec, str(type(spec).__name__), model_type, in_channels)
-        return spec
+        return spec, None
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(
             f"`compressor` must be a path, a Hub id, an nn.Module or None, got {type(spec).__name__}. {_HELP}"
         )
+    if is_compressor_repo(spec, **hub_kwargs):
+        compressor, repo_config = load_repo_compressor(spec, **hub_kwargs)
+        _check_compatible(compressor, str(spec), model_type, in_channels, repo_config.base_model_type)
+        return compressor, repo_config
     try:
         compressor, info = TokenCompressor.from_pretrained(spec, output_loading_info=True, **hub_kwargs)
     except Exception as err:  # noqa: BLE001 - re-raised with the parameter named
@@ -46,14 +57,34 @@ def resolve_compressor(
             "randomly initialised layers. Re-save the compressor or pass a complete checkpoint."
         )
     _check_compatible(compressor, str(spec), model_type, in_channels)
-    return compressor.eval()
+    return compressor.eval(), None
 
 
-def _check_compatible(compressor: TokenCompressor, name: str, model_type: str, in_channels: int) -> None:
-    cfg = compressor.config
-    if cfg.base_model_type is not None and cfg.base_model_type != model_type:
+def check_repo_base(repo_config: TokCompConfig, name: str, base_config, base_revision: str | None) -> None:
+    """Refuse a compressor repo made for another hidden size; warn (naming both) on another base revision."""
+    hidden = base_config.get_text_config().hidden_size
+    if repo_config.base_hidden_size is not None and repo_config.base_hidden_size != hidden:
         raise ValueError(
-            f"`compressor`={name!r} was trained for model_type {cfg.base_model_type!r}, but this model is "
+            f"`compressor`={name!r} was trained on a base with hidden size {repo_config.base_hidden_size}, but this "
+            f"model has {hidden}. Use the compressor made for this base model."
+        )
+    wanted = repo_config.base_model_revision
+    if wanted is not None and base_revision is not None and wanted != base_revision:
+        warnings.warn(
+            f"`compressor`={name!r} was trained on base revision {wanted!r}, but the loaded base is revision "
+            f"{base_revision!r}; its scores may not fit. Load the base with `revision={wanted!r}`.",
+            stacklevel=3,
+        )
+
+
+def _check_compatible(
+    compressor: TokenCompressor, name: str, model_type: str, in_channels: int, repo_type: str | None = None
+) -> None:
+    cfg = compressor.config
+    trained_for = repo_type or cfg.base_model_type
+    if trained_for is not None and trained_for != model_type:
+        raise ValueError(
+            f"`compressor`={name!r} was trained for model_type {trained_for!r}, but this model is "
             f"{model_type!r}. Use a compressor trained for {model_type!r} (or None for training-free scores)."
         )
     if cfg.in_channels != in_channels:

@@ -3,6 +3,7 @@
 from .llava_onevision import LlavaOnevisionCompressionConfig, LlavaOnevisionForConditionalGeneration
 from .qwen2_5_vl import Qwen2_5_VLCompressionConfig, Qwen2_5_VLForConditionalGeneration
 from .qwen2_vl import Qwen2VLCompressionConfig, Qwen2VLForConditionalGeneration
+from .registry import MODEL_CLASSES, load_compressed_model
 
 __all__ = [
     "MODEL_CLASSES",
@@ -14,20 +15,3 @@ __all__ = [
     "Qwen2_5_VLCompressionConfig",
     "Qwen2_5_VLForConditionalGeneration",
 ]
-
-#: model_type -> our class; adding a family = its file + one line here
-MODEL_CLASSES = {
-    "qwen2_vl": Qwen2VLForConditionalGeneration,
-    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
-    "llava_onevision": LlavaOnevisionForConditionalGeneration,
-}
-
-
-def load_compressed_model(path: str, **kwargs):
-    """Our class for the checkpoint at ``path`` (chosen by its ``model_type``), loaded with ``kwargs``."""
-    from transformers import AutoConfig
-
-    model_type = AutoConfig.from_pretrained(path).model_type
-    if model_type not in MODEL_CLASSES:
-        raise ValueError(f"model {path!r} has model_type {model_type!r}; hf_tokcomp supports {sorted(MODEL_CLASSES)}")
-    return MODEL_CLASSES[model_type].from_pretrained(path, **kwargs)
