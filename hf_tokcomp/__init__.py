@@ -5,6 +5,8 @@ from ._compat import check_transformers_version
 check_transformers_version()
 
 from .compressor import TokenCompressor, TokenCompressorConfig  # noqa: E402
+from .hub_config import TokCompConfig  # noqa: E402
+from .hub_loader import TokCompForImageTextToText  # noqa: E402
 from .models import (  # noqa: E402
     LlavaOnevisionCompressionConfig,
     LlavaOnevisionForConditionalGeneration,
@@ -13,8 +15,6 @@ from .models import (  # noqa: E402
     Qwen2VLCompressionConfig,
     Qwen2VLForConditionalGeneration,
 )
-from .hub_config import TokCompConfig  # noqa: E402
-from .hub_loader import TokCompForImageTextToText  # noqa: E402
 from .selection import SampleSelection  # noqa: E402
 
 __version__ = "0.1.0"
