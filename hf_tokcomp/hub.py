@@ -29,9 +29,22 @@ CONFIG_MODULE, MODELING_MODULE = "configuration_tokcomp", "modeling_tokcomp"
 REPO_FILES = ("config.json", COMPRESSOR_WEIGHTS, f"{CONFIG_MODULE}.py", f"{MODELING_MODULE}.py", "README.md")
 #: the package modules the remote code is generated from, in dependency order
 _REMOTE_MODULES = (
-    "_compat", "config", "compressor", "selection", "features", "compression", "segments", "hub_config",
-    "hub_loader", "resolve", "mixin", "models.qwen_vl", "models.qwen2_vl", "models.qwen2_5_vl",
-    "models.llava_onevision", "models.registry",
+    "_compat",
+    "config",
+    "compressor",
+    "selection",
+    "features",
+    "compression",
+    "segments",
+    "hub_config",
+    "hub_loader",
+    "resolve",
+    "mixin",
+    "models.qwen_vl",
+    "models.qwen2_vl",
+    "models.qwen2_5_vl",
+    "models.llava_onevision",
+    "models.registry",
 )
 _CARDS = Path(__file__).resolve().parent.parent / "hub_cards"
 
@@ -61,16 +74,20 @@ def remote_code() -> dict[str, str]:
     """``{file name: source}`` of the repo's self-contained code, generated from the installed package."""
     from . import __version__
 
-    header = (f'"""Generated from hf_tokcomp {__version__} by hf_tokcomp.hub.remote_code(): do not edit. '
-              'Imports only torch, transformers and the standard library."""\n\nfrom __future__ import annotations\n\n')
+    header = (
+        f'"""Generated from hf_tokcomp {__version__} by hf_tokcomp.hub.remote_code(): do not edit. '
+        'Imports only torch, transformers and the standard library."""\n\nfrom __future__ import annotations\n\n'
+    )
     chunks, seen = [], {}
     for module in _REMOTE_MODULES:
         source = inspect.getsource(importlib.import_module(f"hf_tokcomp.{module}"))
         chunk, names = _strip(source, module)
         clash = {n for n in names if n in seen and not n.startswith("_Stock")}
         if clash:
-            raise RuntimeError(f"remote code generation: {sorted(clash)} defined in both {module} and "
-                               f"{[seen[n] for n in clash]}; rename one")
+            raise RuntimeError(
+                f"remote code generation: {sorted(clash)} defined in both {module} and "
+                f"{[seen[n] for n in clash]}; rename one"
+            )
         seen.update(dict.fromkeys(names, module))
         chunks.append(chunk)
     modeling = header + "\n\n".join(chunks) + "\n\ncheck_transformers_version()\n"
@@ -118,8 +135,11 @@ def save_compressor_repo(
     revision = base_revision or getattr(model.config, "_commit_hash", None)
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in compressor.config.to_dict().items() if k in
-                ("in_channels", "channels", "kernel_size", "normalize_input", "base_model_type")}
+    settings = {
+        k: v
+        for k, v in compressor.config.to_dict().items()
+        if k in ("in_channels", "channels", "kernel_size", "normalize_input", "base_model_type")
+    }
     settings["channels"] = list(settings["channels"])
     config = TokCompConfig(
         base_model_name_or_path=str(base),
@@ -129,8 +149,10 @@ def save_compressor_repo(
         token_keep=model.config.token_keep,
         compressor=settings,
     )
-    config.auto_map = {"AutoConfig": f"{CONFIG_MODULE}.TokCompConfig",
-                       "AutoModelForImageTextToText": f"{MODELING_MODULE}.TokCompForImageTextToText"}
+    config.auto_map = {
+        "AutoConfig": f"{CONFIG_MODULE}.TokCompConfig",
+        "AutoModelForImageTextToText": f"{MODELING_MODULE}.TokCompForImageTextToText",
+    }
     config.save_pretrained(out)
     state = {k: v.detach().cpu().contiguous() for k, v in compressor.state_dict().items()}
     save_file(state, str(out / COMPRESSOR_WEIGHTS), metadata={"format": "pt"})
@@ -138,21 +160,39 @@ def save_compressor_repo(
         (out / name).write_text(source)
     from . import __version__
 
-    (out / "README.md").write_text(render_card({
-        "title": f"{repo_id or out.name}", "repo_id": repo_id or out.name, "base_model": base,
-        "base_model_type": config.base_model_type, "base_hidden_size": config.base_hidden_size,
-        "base_revision": revision or "not recorded", "base_revision_literal": repr(revision),
-        "model_class": type(model).__name__, "token_keep": config.token_keep,
-        "token_keep_percent": f"{100 * config.token_keep:g}", "num_parameters": f"{compressor.num_parameters():,}",
-        "compressor_settings": ", ".join(f"{k}={v}" for k, v in settings.items()), "version": __version__,
-        "license": license,
-        "evaluation": evaluation or "Not evaluated yet: `tokcomp eval` writes the retention table to paste here.",
-    }))
+    (out / "README.md").write_text(
+        render_card(
+            {
+                "title": f"{repo_id or out.name}",
+                "repo_id": repo_id or out.name,
+                "base_model": base,
+                "base_model_type": config.base_model_type,
+                "base_hidden_size": config.base_hidden_size,
+                "base_revision": revision or "not recorded",
+                "base_revision_literal": repr(revision),
+                "model_class": type(model).__name__,
+                "token_keep": config.token_keep,
+                "token_keep_percent": f"{100 * config.token_keep:g}",
+                "num_parameters": f"{compressor.num_parameters():,}",
+                "compressor_settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
+                "version": __version__,
+                "license": license,
+                "evaluation": evaluation
+                or "Not evaluated yet: `tokcomp eval` writes the retention table to paste here.",
+            }
+        )
+    )
     return list(REPO_FILES)
 
 
-def push_compressor_repo(model, repo_id: str, private: bool | None = None, token: str | bool | None = None,
-                         commit_message: str = "Upload compressor (hf_tokcomp)", **save_kwargs: Any):
+def push_compressor_repo(
+    model,
+    repo_id: str,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    commit_message: str = "Upload compressor (hf_tokcomp)",
+    **save_kwargs: Any,
+):
     """Save the compressor-only repo to a temporary folder and upload exactly those files."""
     from huggingface_hub import HfApi
 

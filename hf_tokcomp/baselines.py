@@ -1,0 +1,155 @@
+"""Baselines behind the same selection API as the learned compressor.
+
+Input-stage baselines are compressor modules (``model.compressor = RandomScores()``), so they go through the
+very same budget rule, gather and positions as the learned one:
+
+- :class:`RandomScores`: seeded random scores;
+- :class:`UniformScores`: spatially even selection (van der Corput order: every prefix is spread evenly);
+- ``compressor=None``: the layer-0 attention features themselves (training-free mode).
+
+FastV (Chen et al. 2024) prunes INSIDE the LLM: layers ``0..K-1`` run on every token; the attention of the last
+prompt token at layer ``K-1`` picks the visual tokens that layers ``K..`` see. :func:`fastv_generate` implements
+prefill and greedy decoding (layers before ``K`` keep the full KV cache, later layers the pruned one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from .compression import CompressedBatch, compress_batch
+from .features import layer0_attention_features
+from .selection import select_top
+
+__all__ = ["RandomScores", "UniformScores", "fastv_generate", "FastVOutput"]
+
+
+class RandomScores(nn.Module):
+    """``(batch, C, n) -> (batch, n)`` uniform random scores from a seeded generator (reproducible per run)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.rand(features.shape[0], features.shape[-1], generator=self.generator).to(features.device)
+
+
+def _van_der_corput(n: int) -> torch.Tensor:
+    """``(n,)`` the base-2 radical inverse of 0..n-1: sorting by it visits positions coarse-to-fine."""
+    bits = max(1, (n - 1).bit_length())
+    index = torch.arange(n)
+    reversed_bits = torch.zeros(n, dtype=torch.long)
+    for b in range(bits):
+        reversed_bits |= ((index >> b) & 1) << (bits - 1 - b)
+    return reversed_bits.float() / (1 << bits)
+
+
+class UniformScores(nn.Module):
+    """``(batch, C, n) -> (batch, n)`` scores whose top-k is spread evenly over the segment's token order."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (-_van_der_corput(features.shape[-1])).expand(features.shape[0], -1).to(features.device)
+
+
+@dataclass
+class FastVOutput:
+    """``sequences`` ``(B, L + T)`` starting with the caller's ids; ``keep`` ``(B, L)`` True on the tokens layers
+    ``K..`` see; ``cache_tokens`` per layer (full before K, pruned from K)."""
+
+    sequences: torch.Tensor
+    keep: torch.Tensor
+    cache_tokens: list[int]
+
+
+def _additive_mask(query_valid: torch.Tensor, key_valid: torch.Tensor, causal: bool, dtype: torch.dtype):
+    """``(B, 1, q, k)`` 0 where attending is allowed, dtype-min elsewhere. For the causal prefill q == k."""
+    allowed = key_valid.bool()[:, None, None, :].expand(-1, 1, query_valid.shape[1], -1)
+    if causal:
+        allowed = (
+            allowed
+            & torch.ones(query_valid.shape[1], key_valid.shape[1], dtype=torch.bool, device=key_valid.device).tril()
+        )
+    return torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+@torch.no_grad()
+def fastv_generate(model, inputs: dict, token_keep: float, k: int = 2, max_new_tokens: int = 16) -> FastVOutput:
+    """FastV with greedy decoding on an hf_tokcomp model (its own compression is not used).
+
+    Args:
+        model: an hf_tokcomp model (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision).
+        inputs: processor output for a left-padded batch.
+        token_keep: fraction of each segment's visual tokens kept from layer ``k`` on (the core's budget rule).
+        k: layers that see every token (FastV's K; 2 in the paper).
+    """
+    lm = model.model.language_model
+    if not 0 < k < len(lm.layers):
+        raise ValueError(f"`k` must be in [1, {len(lm.layers) - 1}] for this model, got {k}")
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask", torch.ones_like(ids))
+    visual = {name: inputs.get(name) for name in model._tokcomp_visual_keys}
+    merged = model._tokcomp_merge(ids, visual)
+    positions = model._tokcomp_positions(ids, mask, visual, None)
+    full = compress_batch(mask.bool(), ids, merged.inputs_embeds, positions, left_padding=True)
+
+    def run_layers(layers, hidden, batch: CompressedBatch, attn_mask, cache):
+        cos_sin = model._tokcomp_rotary(hidden, batch.position_ids)
+        for layer in layers:
+            hidden = layer(
+                hidden, attention_mask=attn_mask, position_embeddings=cos_sin, past_key_values=cache, use_cache=True
+            )
+        return hidden
+
+    cache = DynamicCache(config=lm.config)
+    dtype = merged.inputs_embeds.dtype
+    hidden = full.inputs_embeds
+    full_mask = _additive_mask(full.attention_mask, full.attention_mask, True, dtype)
+    hidden = run_layers(lm.layers[: k - 1], hidden, full, full_mask, cache)
+    # FastV's signal: the last token's attention at layer K-1 (1-indexed: the K-th layer), over all keys.
+    last = torch.zeros_like(full.attention_mask, dtype=torch.bool)
+    last[:, -1] = True
+    cos, sin = model._tokcomp_rotary(hidden, full.position_ids)
+    attention = layer0_attention_features(hidden, lm.layers[k - 1], cos, sin, full.attention_mask, last)
+    hidden = run_layers(lm.layers[k - 1 : k], hidden, full, full_mask, cache)
+
+    keep = full.attention_mask.bool() & ~merged.visual_mask
+    for b, segments in enumerate(merged.segments):
+        for _, start, end in segments:
+            keep[b, start + select_top(attention[b, start:end], token_keep)] = True
+    pruned = compress_batch(keep, full.input_ids, hidden, full.position_ids, left_padding=True)
+    hidden = run_layers(
+        lm.layers[k:],
+        pruned.inputs_embeds,
+        pruned,
+        _additive_mask(pruned.attention_mask, pruned.attention_mask, True, dtype),
+        cache,
+    )
+
+    masks = {"full": full.attention_mask, "pruned": pruned.attention_mask}
+    last_position = full.position_ids[..., -1:]
+    tokens = []
+    for step in range(max_new_tokens):
+        token = model.lm_head(lm.norm(hidden[:, -1:])).argmax(-1)  # (B, 1)
+        tokens.append(token)
+        if step + 1 == max_new_tokens:
+            break
+        ones = torch.ones_like(token)
+        masks = {name: torch.cat([m, ones], dim=1) for name, m in masks.items()}
+        last_position = last_position + 1
+        step_batch = CompressedBatch(token, model.get_input_embeddings()(token), ones, last_position, None, token)
+        hidden = model.get_input_embeddings()(token)
+        valid = torch.ones_like(token)
+        hidden = run_layers(
+            lm.layers[:k], hidden, step_batch, _additive_mask(valid, masks["full"], False, dtype), cache
+        )
+        hidden = run_layers(
+            lm.layers[k:], hidden, step_batch, _additive_mask(valid, masks["pruned"], False, dtype), cache
+        )
+    cache_tokens = [cache.layers[i].keys.shape[-2] for i in range(len(lm.layers))]
+    return FastVOutput(torch.cat([ids, *tokens], dim=1), keep, cache_tokens)
