@@ -32,8 +32,8 @@ lint: $(STAMP)  ## ruff check + format check
 demo: $(STAMP)  ## one compressed generate call on a tiny Qwen2-VL built in code
 	$(RUN) $(BIN)/python -m hf_tokcomp.demo
 
-bench: $(STAMP)  ## prefill time and KV bytes at token_keep 1.0 / 0.5 / 0.25 (scaled-down Qwen2-VL, CPU)
-	$(RUN) $(BIN)/python benchmarks/prefill.py
+bench: $(STAMP)  ## speed, memory, FLOPs vs stock and FastV (scaled-down Qwen2-VL-2B, CPU, ~15 min)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed.py --batch8-visual-tokens 256
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -79,11 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, default=0.1, help="samples held out (default: 0.1)")
     train.add_argument("--seed", type=int, default=0, help="default: 0")
     train.set_defaults(run=_train)
+
+    # listed for --help; main() hands `tokcomp bench ...` to hf_tokcomp.bench's own parser
+    sub.add_parser("bench", help="speed / memory / FLOPs vs the stock model and FastV (`tokcomp bench --help`)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line (``tokcomp: error: ...``) and exit with 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser (options are passed through untouched)
+        from .bench import main as bench_main
+
+        bench_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

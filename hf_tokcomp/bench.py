@@ -1,0 +1,396 @@
+"""Speed and memory of compressed prefill and decoding against the stock model and FastV, measured in one run.
+
+Every (method, keep, batch) cell runs in a fresh worker process (so peak memory is its own) on the same
+randomly initialised model (real widths, optionally fewer layers) and the same prompt: one image of
+``visual_tokens`` visual tokens and ``text_tokens`` question tokens per sample. Per cell, after warm-up, the
+medians and inter-quartile ranges of: the vision tower; time to first token (TTFT, ``generate`` with one new
+token); the LLM prefill alone; decode tokens/s; plus peak memory, KV-cache bytes and counted prefill FLOPs
+(``torch.utils.flop_counter``). ``python benchmarks/speed.py --help`` / ``tokcomp bench --help``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["BenchSpec", "CONFIGS", "run_benchmark", "fastv_keep_for_equal_tokens"]
+
+
+def _qwen2_vl(hidden: int, inter: int, heads: int, kv: int, vision_out: int):
+    def build(llm_layers: int, vision_layers: int):
+        from transformers import Qwen2VLConfig
+
+        return Qwen2VLConfig(
+            text_config=dict(
+                vocab_size=151936,
+                hidden_size=hidden,
+                intermediate_size=inter,
+                num_hidden_layers=llm_layers,
+                num_attention_heads=heads,
+                num_key_value_heads=kv,
+                max_position_embeddings=32768,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+            ),
+            vision_config=dict(depth=vision_layers, embed_dim=1280, hidden_size=vision_out, num_heads=16, mlp_ratio=4),
+            image_token_id=151655,
+            video_token_id=151656,
+            vision_start_token_id=151652,
+            vision_end_token_id=151653,
+        )
+
+    return build
+
+
+#: real widths of the published models (layer counts are a parameter)
+CONFIGS: dict[str, Callable[[int, int], Any]] = {
+    "qwen2-vl-2b": _qwen2_vl(1536, 8960, 12, 2, 1536),  # 28 LLM layers, 32 vision layers in the real model
+    "qwen2-vl-7b": _qwen2_vl(3584, 18944, 28, 4, 3584),  # 28 LLM layers, 32 vision layers
+}
+
+
+@dataclass
+class BenchSpec:
+    """One benchmark run (all cells share it)."""
+
+    config: str = "qwen2-vl-2b"
+    llm_layers: int = 6
+    vision_layers: int = 1
+    visual_tokens: int = 1024
+    text_tokens: int = 40
+    batch_sizes: tuple[int, ...] = (1, 8)
+    batch_visual_tokens: dict[int, int] = field(default_factory=dict)  # per-batch-size override of visual_tokens
+    keeps: tuple[float, ...] = (0.75, 0.5, 0.25, 0.1)
+    fastv_k: int = 2
+    new_tokens: int = 16
+    warmup: int = 1
+    repeats: int = 3
+    dtype: str = "float32"
+    attn: str = "sdpa"
+    device: str = "cpu"
+
+    def visual_for(self, batch: int) -> int:
+        return int(self.batch_visual_tokens.get(batch, self.visual_tokens))
+
+
+def fastv_keep_for_equal_tokens(keep: float, visual: int, text: int, layers: int, k: int) -> float | None:
+    """FastV's visual keep after layer ``k`` that gives the same per-layer average token count as input-stage
+    pruning at ``keep`` (so about equal prefill FLOPs); None if it would have to drop more than every token."""
+    full, ours = visual + text, text + keep * visual
+    after_k = (layers * ours - k * full) / (layers - k)
+    fraction = (after_k - text) / visual
+    return None if fraction <= 0 else min(1.0, fraction)
+
+
+def _timed(fn: Callable[[], Any], spec: BenchSpec) -> dict[str, float]:
+    for _ in range(spec.warmup):
+        fn()
+    times = []
+    for _ in range(spec.repeats):
+        if spec.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if spec.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return {"median": statistics.median(times), "iqr": q3 - q1}
+
+
+def _kv_bytes(cache) -> int:
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def _flops(fn: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _peak_mb(spec: BenchSpec, baseline: float) -> float:
+    if spec.device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+
+
+def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, Any]:
+    """Measure one cell (runs inside a fresh process)."""
+    import resource
+
+    import hf_tokcomp
+    from hf_tokcomp.baselines import fastv_generate
+    from hf_tokcomp.tiny import make_qwen_inputs
+
+    torch.manual_seed(0)
+    config = CONFIGS[spec.config](spec.llm_layers, spec.vision_layers)
+    config._attn_implementation = spec.attn
+    dtype = getattr(torch, spec.dtype)
+    model = hf_tokcomp.Qwen2VLForConditionalGeneration(config).to(spec.device, dtype).eval()
+    model.generation_config.eos_token_id = None
+    model.compressor = hf_tokcomp.TokenCompressor(hf_tokcomp.TokenCompressorConfig()).to(spec.device).eval()
+    model.config.token_keep = keep if method == "ours" else 1.0
+    grid = int(round((4 * spec.visual_for(batch)) ** 0.5))  # grid x grid patches -> grid^2 / 4 tokens
+    sample = [("text", [10, 11]), ("image", (grid, grid)), ("text", list(range(100, 100 + spec.text_tokens)))]
+    inputs = {k: v.to(spec.device) for k, v in make_qwen_inputs([sample] * batch, config).items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    visual_keys = {k: inputs.get(k) for k in model._tokcomp_visual_keys}
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    if spec.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def generate(new: int):
+        if method == "fastv":
+            return fastv_generate(model, inputs, keep, k=spec.fastv_k, max_new_tokens=new)
+        return model.generate(
+            **inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, return_dict_in_generate=True
+        )
+
+    with torch.no_grad():
+        vision = _timed(lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]), spec)
+        vision_flops = _flops(lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))
+        ttft = _timed(lambda: generate(1), spec)
+        full_gen = _timed(lambda: generate(spec.new_tokens), spec)
+        first = generate(1)
+        prefill_flops = _flops(lambda: generate(1)) - vision_flops
+        row: dict[str, Any] = {
+            "method": method,
+            "keep": keep,
+            "batch": batch,
+            "prompt_tokens": int(mask[0].sum()),
+            "visual_tokens": int((ids[0] == config.image_token_id).sum()),
+            "vision": vision,
+            "ttft": ttft,
+            # per sequence; NaN if the difference drowns in timing noise
+            "decode_tokens_per_s": (spec.new_tokens - 1) / (full_gen["median"] - ttft["median"])
+            if full_gen["median"] > ttft["median"]
+            else float("nan"),
+            "prefill_flops": prefill_flops,
+        }
+        if method == "fastv":
+            row["kept_tokens"] = int(first.keep[0].sum())
+            cache = None
+            row["cache_tokens_per_layer"] = first.cache_tokens
+            layers = config.text_config.num_hidden_layers
+            row["avg_tokens_per_layer"] = (
+                spec.fastv_k * row["prompt_tokens"] + (layers - spec.fastv_k) * row["kept_tokens"]
+            ) / layers
+            row["llm_prefill"] = {"median": ttft["median"] - vision["median"], "iqr": ttft["iqr"]}
+        else:
+            cache = first.past_key_values
+            merged = model._tokcomp_merge(ids, visual_keys)
+            batch_inputs = model._tokcomp_select(merged, ids, mask, None, None, visual_keys)
+            positions = model._tokcomp_llm_positions(batch_inputs)
+            lm = model.model.language_model
+
+            def llm_prefill():
+                out = lm(
+                    inputs_embeds=batch_inputs.inputs_embeds,
+                    attention_mask=batch_inputs.attention_mask,
+                    position_ids=positions,
+                    use_cache=True,
+                )
+                model.lm_head(out.last_hidden_state[:, -1:])
+
+            row["kept_tokens"] = int(batch_inputs.attention_mask[0].sum())
+            row["avg_tokens_per_layer"] = row["kept_tokens"]
+            row["llm_prefill"] = _timed(llm_prefill, spec)
+            if method == "ours":
+                row["overhead"] = _timed(
+                    lambda: model._tokcomp_select(merged, ids, mask, None, None, visual_keys), spec
+                )
+        # KV bytes of the prompt (FastV: the first K layers hold every token, the others the kept ones)
+        if cache is not None:
+            row["kv_bytes"] = _kv_bytes(cache)
+        else:
+            text = config.text_config
+            per_token_layer = 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads)
+            row["kv_bytes"] = batch * per_token_layer * sum(first.cache_tokens) * torch.finfo(dtype).bits // 8
+        row["peak_mb"] = _peak_mb(spec, baseline)
+    return row
+
+
+def _cell(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, Any]:
+    payload = json.dumps({"spec": asdict(spec), "method": method, "keep": keep, "batch": batch})
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_tokcomp.bench", payload], capture_output=True, text=True, env=env, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker {method}@{keep} (batch {batch}) failed: {done.stderr[-1500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_benchmark(spec: BenchSpec, progress: bool = True) -> dict[str, Any]:
+    """All cells of ``spec`` side by side, with the ratios (speed-ups vs stock and vs their ideals)."""
+    from tqdm.auto import tqdm
+
+    cells = []
+    config = CONFIGS[spec.config](spec.llm_layers, spec.vision_layers)
+    for batch in spec.batch_sizes:
+        visual = spec.visual_for(batch)
+        cells.append(("stock", 1.0, batch))
+        cells += [("ours", keep, batch) for keep in spec.keeps]
+        for keep in spec.keeps:
+            fv = fastv_keep_for_equal_tokens(keep, visual, spec.text_tokens + 4, spec.llm_layers, spec.fastv_k)
+            if fv is not None:
+                cells.append(("fastv", round(fv, 4), batch))
+    rows = [_cell(spec, *cell) for cell in tqdm(cells, desc="benchmark cells", disable=not progress)]
+    for row in rows:
+        base = next(r for r in rows if r["method"] == "stock" and r["batch"] == row["batch"])
+        n, n_kept = base["prompt_tokens"], row["avg_tokens_per_layer"]
+        t_vis, t_llm = base["vision"]["median"], base["llm_prefill"]["median"]
+        row["llm_speedup"] = t_llm / row["llm_prefill"]["median"]
+        row["llm_ideal"] = n / n_kept
+        row["ttft_speedup"] = base["ttft"]["median"] / row["ttft"]["median"]
+        row["ttft_ideal"] = (t_vis + t_llm) / (t_vis + t_llm * n_kept / n)
+        row["flops_ratio"] = row["prefill_flops"] / base["prefill_flops"]
+        row["decode_ratio"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+        if "overhead" in row:
+            row["overhead_share"] = row["overhead"]["median"] / t_llm
+    device = (
+        torch.cuda.get_device_name() if spec.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    )
+    return {
+        "spec": asdict(spec),
+        "device": device,
+        "torch": torch.__version__,
+        "rows": rows,
+        "real_layers": {"llm": 28, "vision": 32},
+        "config_name": spec.config,
+        "text_layers": config.text_config.num_hidden_layers,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    spec = result["spec"]
+    lines = [
+        f"{spec['config']} widths, {spec['llm_layers']} LLM layers, {spec['vision_layers']} vision layers, "
+        f"{spec['dtype']}, {spec['attn']}; {result['device']}; FastV K={spec['fastv_k']} at the same average "
+        "tokens per layer as ours; medians of "
+        f"{spec['repeats']} runs after {spec['warmup']} warm-up.",
+        "",
+        "| batch | method | keep | tokens/layer N' (N) | LLM prefill ms | LLM speed-up (ideal) | % ideal | "
+        "TTFT ms | TTFT speed-up (ideal) | FLOPs ratio | overhead % | decode tok/s (ratio) | KV MB | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        overhead = f"{100 * r['overhead_share']:.2f}" if "overhead_share" in r else "-"
+        lines.append(
+            f"| {r['batch']} | {r['method']} | {r['keep']} | {r['avg_tokens_per_layer']:.0f} ({r['prompt_tokens']}) | "
+            f"{1e3 * r['llm_prefill']['median']:.0f} | {r['llm_speedup']:.2f}x ({r['llm_ideal']:.2f}x) | "
+            f"{100 * r['llm_speedup'] / r['llm_ideal']:.0f}% | {1e3 * r['ttft']['median']:.0f} | "
+            f"{r['ttft_speedup']:.2f}x ({r['ttft_ideal']:.2f}x) | {r['flops_ratio']:.3f} | {overhead} | "
+            f"{r['decode_tokens_per_s']:.1f} ({r['decode_ratio']:.2f}) | {r['kv_bytes'] / 2**20:.1f} | "
+            f"{r['peak_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Speed-up vs kept fraction of tokens per layer, one line per (method, batch), with the ideal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in ((axes[0], "llm", "LLM prefill"), (axes[1], "ttft", "time to first token")):
+        for method, marker in (("ours", "o"), ("fastv", "s")):
+            for batch in sorted({r["batch"] for r in result["rows"]}):
+                rows = sorted(
+                    (r for r in result["rows"] if r["method"] in (method, "stock") and r["batch"] == batch),
+                    key=lambda r: -r["avg_tokens_per_layer"],
+                )
+                x = [r["avg_tokens_per_layer"] / r["prompt_tokens"] for r in rows]
+                ax.plot(x, [r[f"{key}_speedup"] for r in rows], marker=marker, label=f"{method}, batch {batch}")
+                if method == "ours":
+                    ax.plot(
+                        x,
+                        [r[f"{key}_ideal"] for r in rows],
+                        "k:",
+                        alpha=0.5,
+                        label="ideal" if batch == min(r["batch"] for r in result["rows"]) else None,
+                    )
+        ax.set_xlabel("tokens per layer / prompt tokens")
+        ax.set_ylabel("speed-up vs stock")
+        ax.set_title(title)
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{result['spec']['config']} ({result['device']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="tokcomp bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="qwen2-vl-2b", choices=sorted(CONFIGS), help="model widths")
+    parser.add_argument("--llm-layers", type=int, default=6, help="LLM layers (real: 28)")
+    parser.add_argument("--vision-layers", type=int, default=1, help="vision blocks (real: 32)")
+    parser.add_argument("--visual-tokens", type=int, default=1024, help="visual tokens per sample")
+    parser.add_argument(
+        "--batch8-visual-tokens",
+        type=int,
+        default=None,
+        help="visual tokens per sample at batch 8 (default: --visual-tokens)",
+    )
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--keeps", type=float, nargs="+", default=[0.75, 0.5, 0.25, 0.1])
+    parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated for the decode rate")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", help="float32 (CPU) or bfloat16 (GPU)")
+    parser.add_argument("--attn", default="sdpa", help="sdpa, eager or flash_attention_2")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed_cpu"), help="OUT.json/.md/.png")
+    args = parser.parse_args(argv)
+    spec = BenchSpec(
+        config=args.config,
+        llm_layers=args.llm_layers,
+        vision_layers=args.vision_layers,
+        visual_tokens=args.visual_tokens,
+        batch_sizes=tuple(args.batch_sizes),
+        keeps=tuple(args.keeps),
+        batch_visual_tokens={8: args.batch8_visual_tokens} if args.batch8_visual_tokens else {},
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        attn=args.attn,
+        device=args.device,
+    )
+    result = run_benchmark(spec)
+    text = markdown(result)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    args.out.with_suffix(".md").write_text(text + "\n")
+    plot(result, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):  # worker mode (see _cell)
+        job = json.loads(sys.argv[1])
+        spec = BenchSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["spec"].items()})
+        spec.batch_visual_tokens = {int(k): v for k, v in spec.batch_visual_tokens.items()}
+        print(json.dumps(worker(spec, job["method"], job["keep"], job["batch"])))
+    else:
+        main()
