@@ -14,6 +14,7 @@ prefill and greedy decoding (layers before ``K`` keep the full KV cache, later l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,14 @@ def _additive_mask(query_valid: torch.Tensor, key_valid: torch.Tensor, causal: b
 
 
 @torch.no_grad()
-def fastv_generate(model, inputs: dict, token_keep: float, k: int = 2, max_new_tokens: int = 16) -> FastVOutput:
+def fastv_generate(
+    model,
+    inputs: dict,
+    token_keep: float,
+    k: int = 2,
+    max_new_tokens: int = 16,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+) -> FastVOutput:
     """FastV with greedy decoding on an hf_tokcomp model (its own compression is not used).
 
     Args:
@@ -87,6 +95,7 @@ def fastv_generate(model, inputs: dict, token_keep: float, k: int = 2, max_new_t
         inputs: processor output for a left-padded batch.
         token_keep: fraction of each segment's visual tokens kept from layer ``k`` on (the core's budget rule).
         k: layers that see every token (FastV's K; 2 in the paper).
+        on_token: called with each new ``(B, 1)`` token as soon as it is chosen (e.g. to time decoding).
     """
     lm = model.model.language_model
     if not 0 < k < len(lm.layers):
@@ -137,6 +146,8 @@ def fastv_generate(model, inputs: dict, token_keep: float, k: int = 2, max_new_t
     for step in range(max_new_tokens):
         token = model.lm_head(lm.norm(hidden[:, -1:])).argmax(-1)  # (B, 1)
         tokens.append(token)
+        if on_token is not None:
+            on_token(token)
         if step + 1 == max_new_tokens:
             break
         ones = torch.ones_like(token)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 __all__ = ["BenchSpec", "CONFIGS", "run_benchmark", "fastv_keep_for_equal_tokens"]
 
@@ -119,6 +120,17 @@ def _flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+class _Clock(StoppingCriteria):
+    """Calls ``tick`` after every generated token and never stops generation."""
+
+    def __init__(self, tick: Callable[[], None]) -> None:
+        self.tick = tick
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.tick()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 def _peak_mb(spec: BenchSpec, baseline: float) -> float:
     if spec.device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -153,18 +165,31 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
         torch.cuda.reset_peak_memory_stats()
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    def generate(new: int):
+    def generate(new: int, on_token: Callable[[], None] | None = None):
         if method == "fastv":
-            return fastv_generate(model, inputs, keep, k=spec.fastv_k, max_new_tokens=new)
+            hook = None if on_token is None else (lambda _token: on_token())
+            return fastv_generate(model, inputs, keep, k=spec.fastv_k, max_new_tokens=new, on_token=hook)
+        criteria = None if on_token is None else StoppingCriteriaList([_Clock(on_token)])
         return model.generate(
-            **inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, return_dict_in_generate=True
+            **inputs,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            return_dict_in_generate=True,
+            stopping_criteria=criteria,
         )
+
+    def decode_step_seconds() -> float:
+        """Median time between consecutive new tokens (the first token, i.e. the prefill, excluded)."""
+        stamps: list[float] = []
+        generate(spec.new_tokens, lambda: stamps.append(time.perf_counter()))
+        return statistics.median(b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True))
 
     with torch.no_grad():
         vision = _timed(lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]), spec)
         vision_flops = _flops(lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))
         ttft = _timed(lambda: generate(1), spec)
-        full_gen = _timed(lambda: generate(spec.new_tokens), spec)
+        decode = statistics.median(decode_step_seconds() for _ in range(spec.warmup + spec.repeats))
         first = generate(1)
         prefill_flops = _flops(lambda: generate(1)) - vision_flops
         row: dict[str, Any] = {
@@ -175,10 +200,7 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
             "visual_tokens": int((ids[0] == config.image_token_id).sum()),
             "vision": vision,
             "ttft": ttft,
-            # per sequence; NaN if the difference drowns in timing noise
-            "decode_tokens_per_s": (spec.new_tokens - 1) / (full_gen["median"] - ttft["median"])
-            if full_gen["median"] > ttft["median"]
-            else float("nan"),
+            "decode_tokens_per_s": 1.0 / decode,  # per sequence
             "prefill_flops": prefill_flops,
         }
         if method == "fastv":
