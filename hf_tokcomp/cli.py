@@ -26,7 +26,9 @@ def _label(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         model_name=args.model,
     )
-    print(json.dumps({k: manifest[k] for k in ("labelled", "skipped_wrong", "skipped_no_visual")}))
+    print(
+        json.dumps({k: manifest[k] for k in ("labelled", "skipped_wrong", "skipped_no_visual", "skipped_empty_answer")})
+    )
 
 
 def _train(args: argparse.Namespace) -> None:

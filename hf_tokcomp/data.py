@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .explain import visual_relevance
+from .explain import greedy_answers, visual_relevance
 
 __all__ = ["LabelSegment", "read_records", "label_dataset", "load_label_dir", "MANIFEST"]
 
@@ -126,9 +126,13 @@ def _normalise(text: str) -> str:
 
 def _fingerprint(records: Sequence[dict[str, Any]]) -> str:
     """Identifies the dataset (its size and questions), so a resume never mixes two datasets."""
+    fingerprint = getattr(records, "_fingerprint", None)  # a `datasets` dataset knows its own
+    if fingerprint is not None:
+        return str(fingerprint)[:16]
     digest = hashlib.sha256(str(len(records)).encode())
-    for i in range(len(records)):
-        digest.update(str(records[i].get("question")).encode())
+    for record in records:
+        fields = [record.get(k) for k in ("image", "video", "question", "answer")]
+        digest.update(json.dumps(fields, default=str).encode())
     return digest.hexdigest()[:16]
 
 
@@ -178,7 +182,8 @@ def label_dataset(
         "data_fingerprint": _fingerprint(records),
         "num_records": len(records),
     }
-    manifest = {**identity, "next_sample": 0, "labelled": 0, "skipped_wrong": 0, "skipped_no_visual": 0, "shards": []}
+    counters = ("labelled", "skipped_wrong", "skipped_no_visual", "skipped_empty_answer")
+    manifest = {**identity, "next_sample": 0, **dict.fromkeys(counters, 0), "shards": []}
     if (out / MANIFEST).is_file():
         saved = json.loads((out / MANIFEST).read_text())
         clash = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
@@ -189,7 +194,7 @@ def label_dataset(
         manifest = saved
     tokenizer = getattr(processor, "tokenizer", processor)
     pending: list[tuple[int, list[torch.Tensor], torch.Tensor, list[str]]] = []
-    counts = {k: 0 for k in ("labelled", "skipped_wrong", "skipped_no_visual")}
+    counts = dict.fromkeys(counters, 0)
 
     def flush(end: int) -> None:
         index = len(manifest["shards"])
@@ -225,19 +230,26 @@ def label_dataset(
     bar = tqdm(range(start, len(records)), initial=start, total=len(records), desc="labelling", disable=not progress)
     for index in bar:
         record = records[index]
-        inputs = build_inputs(processor, record)
+        inputs = {k: v.to(model.device) for k, v in build_inputs(processor, record).items()}
         segments = model.compressor_features(**inputs)[0]
         if not segments:
             counts["skipped_no_visual"] += 1
         else:
-            answer = _model_answer(model, inputs, max_new_tokens)
+            answer = greedy_answers(model, inputs, max_new_tokens)[0]
             reference = record.get("answer")
-            if reference is not None and _normalise(tokenizer.decode(answer, skip_special_tokens=True)) != _normalise(
+            if answer.numel() == 0:
+                counts["skipped_empty_answer"] += 1
+            elif reference is not None and _normalise(tokenizer.decode(answer, skip_special_tokens=True)) != _normalise(
                 str(reference)
             ):
                 counts["skipped_wrong"] += 1
             else:
                 relevance = visual_relevance(model, inputs, [answer])[0]
+                if relevance.numel() != sum(f.shape[-1] for _, f in segments):
+                    raise RuntimeError(
+                        f"sample {index}: {relevance.numel()} relevance values for "
+                        f"{sum(f.shape[-1] for _, f in segments)} visual tokens"
+                    )
                 kinds, features = zip(*segments, strict=True)
                 pending.append((index, list(features), relevance.float(), list(kinds)))
                 counts["labelled"] += 1
@@ -249,21 +261,6 @@ def label_dataset(
             wrong=manifest["skipped_wrong"] + counts["skipped_wrong"],
         )
     return manifest
-
-
-def _model_answer(model, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-    """The model's greedy, uncompressed answer, without the end-of-sequence token."""
-    saved, model.config.token_keep = model.config.token_keep, 1.0
-    try:
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    finally:
-        model.config.token_keep = saved
-    answer = out[0, inputs["input_ids"].shape[1] :]
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    cut = next((i for i, t in enumerate(answer.tolist()) if t in eos), answer.shape[0])
-    return answer[:cut]
 
 
 def load_label_dir(path: str | os.PathLike) -> tuple[dict[str, Any], list[LabelSegment]]:
@@ -283,6 +280,10 @@ def load_label_dir(path: str | os.PathLike) -> tuple[dict[str, Any], list[LabelS
                 f"{shard['file']}: feature width {tensors['features'].shape[-1]} != the manifest's "
                 f"{manifest['feature_channels']}"
             )
+        if tensors["targets"].shape[0] != tensors["features"].shape[0] or tensors["features"].shape[0] != int(
+            tensors["lengths"].sum()
+        ):
+            raise LabelError(f"{shard['file']}: features, targets and lengths disagree; the shard is corrupt")
         offsets = [0, *torch.cumsum(tensors["lengths"], 0).tolist()]
         for i in range(len(tensors["lengths"])):
             lo, hi = offsets[i], offsets[i + 1]

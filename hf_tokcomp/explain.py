@@ -24,7 +24,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .compression import compress_batch
 
-__all__ = ["visual_relevance", "append_answers"]
+__all__ = ["visual_relevance", "append_answers", "greedy_answers"]
 
 _IMPLEMENTATION = "tokcomp_gae_rollout"
 
@@ -152,12 +152,17 @@ def append_answers(inputs: dict[str, Any], answers: list[torch.Tensor], pad_toke
     return out
 
 
-def _greedy_answers(model: nn.Module, inputs: dict[str, Any], max_new_tokens: int) -> list[torch.Tensor]:
-    """The model's own greedy answers (uncompressed), cut at the first end-of-sequence token."""
+def greedy_answers(model: nn.Module, inputs: dict[str, Any], max_new_tokens: int) -> list[torch.Tensor]:
+    """The model's own greedy answers, UNCOMPRESSED (whatever ``token_keep`` is), cut at the first
+    end-of-sequence token (excluded)."""
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    saved, model.config.token_keep = model.config.token_keep, 1.0
+    try:
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    finally:
+        model.config.token_keep = saved
     answers = []
     for row in out[:, inputs["input_ids"].shape[1] :]:
         tokens = row.tolist()
@@ -194,7 +199,7 @@ def visual_relevance(
     """
     pad = model.config.get_text_config().pad_token_id or 0
     if answer_ids is None:
-        answer_ids = _greedy_answers(model, inputs, max_new_tokens)
+        answer_ids = greedy_answers(model, inputs, max_new_tokens)
     if len(answer_ids) != inputs["input_ids"].shape[0]:
         raise ValueError(
             f"`answer_ids` must have one entry per sample ({inputs['input_ids'].shape[0]}), got {len(answer_ids)}"

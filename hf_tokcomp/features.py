@@ -41,8 +41,9 @@ def instruction_rows(visual_mask: torch.Tensor, attention_mask: torch.Tensor) ->
     missing = has_visual & ~rows.any(dim=1)
     if missing.any():
         raise ValueError(
-            f"sample(s) {missing.nonzero().flatten().tolist()} end with a visual token; the layer-0 features "
-            "need instruction tokens after the visual span. Put the question after the image/video, or set "
+            f"sample(s) {missing.nonzero().flatten().tolist()} have no instruction tokens after their last visual "
+            "token; the layer-0 features need some (with `labels`, only tokens labelled -100, i.e. the prompt, "
+            "count). Put the question after the image/video, mask the prompt in `labels` with -100, or set "
             "`token_keep=1.0`."
         )
     return rows

@@ -19,6 +19,7 @@ COMPRESSOR_WEIGHTS = "model.safetensors"
 
 def load_repo_compressor(repo: str | os.PathLike, config: TokCompConfig | None = None, **hub_kwargs: Any):
     """``(TokenCompressor, TokCompConfig)`` of a compressor-only repo; refuses missing or incomplete weights."""
+    hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
     config = config or TokCompConfig.from_pretrained(repo, **hub_kwargs)
     weights = cached_file(str(repo), COMPRESSOR_WEIGHTS, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
     if weights is None:
@@ -59,7 +60,11 @@ class TokCompForImageTextToText:
         **kwargs: Any,
     ):
         hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only") if k in kwargs}
-        compressor, config = load_repo_compressor(pretrained_model_name_or_path, config, **hub_kwargs)
+        # `revision` names a revision of THIS repo; the base is loaded at the revision the repo records
+        revision = kwargs.pop("revision", None)
+        compressor, config = load_repo_compressor(
+            pretrained_model_name_or_path, config, revision=revision, **hub_kwargs
+        )
         from .models.registry import MODEL_CLASSES
 
         if config.base_model_type not in MODEL_CLASSES:
@@ -69,7 +74,7 @@ class TokCompForImageTextToText:
             )
         kwargs.pop("trust_remote_code", None)
         if config.base_model_revision is not None:
-            kwargs.setdefault("revision", config.base_model_revision)
+            kwargs["revision"] = config.base_model_revision
         kwargs["token_keep"] = config.token_keep if token_keep is None else token_keep
         return MODEL_CLASSES[config.base_model_type].from_pretrained(
             config.base_model_name_or_path, *model_args, compressor=compressor, **kwargs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,12 @@ def _saved_compressor(path: str | os.PathLike | None, kwargs: dict[str, Any]) ->
         found = cached_file(
             str(path), f"{SAVED_COMPRESSOR_DIR}/config.json", _raise_exceptions_for_missing_entries=False, **hub
         )
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        warnings.warn(
+            f"could not check {str(path)!r} for a saved compressor ({err}); loading without one "
+            "(training-free scores). Pass `compressor=` explicitly to choose.",
+            stacklevel=3,
+        )
         return None
     return None if found is None else os.path.dirname(found)
 
@@ -121,22 +127,21 @@ class TokenCompressionMixin:
         fails before the large download. ``token_keep=`` is a config override like any other."""
         if compressor is SAVED:
             compressor = _saved_compressor(pretrained_model_name_or_path, kwargs)
-        module, repo_config = resolve_compressor(compressor, cls.config_class.model_type, cls._tokcomp_in_channels)
+        resolved = resolve_compressor(compressor, cls.config_class.model_type, cls._tokcomp_in_channels)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if repo_config is not None:
-            check_repo_base(repo_config, str(compressor), model.config, getattr(model.config, "_commit_hash", None))
-        model.compressor = None if module is None else module.to(model.device)
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._tokcomp_attach(*resolved, str(compressor))
         return loaded
 
     def set_compressor(self, compressor: str | os.PathLike | nn.Module | None, **hub_kwargs: Any) -> None:
         """Attach a compressor: a saved directory or Hub id, a compressor-only repo, a module, or None
         (training-free). On any error the current compressor stays."""
-        module, repo_config = resolve_compressor(
-            compressor, self.config.model_type, self._tokcomp_in_channels, **hub_kwargs
-        )
+        resolved = resolve_compressor(compressor, self.config.model_type, self._tokcomp_in_channels, **hub_kwargs)
+        self._tokcomp_attach(*resolved, str(compressor))
+
+    def _tokcomp_attach(self, module: nn.Module | None, repo_config, name: str) -> None:
+        """Check a compressor repo against this base (hidden size, revision), then attach on the model's device."""
         if repo_config is not None:
-            check_repo_base(repo_config, str(compressor), self.config, getattr(self.config, "_commit_hash", None))
+            check_repo_base(repo_config, name, self.config, getattr(self.config, "_commit_hash", None))
         self.compressor = None if module is None else module.to(self.device)
 
     def save_pretrained(
@@ -150,6 +155,8 @@ class TokenCompressionMixin:
 
             save_compressor_repo(self, save_directory, **kwargs)
             return
+        push = kwargs.pop("push_to_hub", False)
+        repo_id = kwargs.pop("repo_id", None)
         compressor = self._modules.pop("compressor", None)
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
@@ -157,6 +164,23 @@ class TokenCompressionMixin:
             self._modules["compressor"] = compressor
         if isinstance(compressor, TokenCompressor):
             compressor.save_pretrained(os.path.join(save_directory, SAVED_COMPRESSOR_DIR))
+        elif compressor is not None:
+            warnings.warn(
+                f"`model.compressor` is a {type(compressor).__name__}, not a TokenCompressor: it is not "
+                "saved; reattach it after loading.",
+                stacklevel=2,
+            )
+        if push:  # after the compressor is written, so the upload holds it
+            from huggingface_hub import HfApi
+
+            repo_id = repo_id or os.path.basename(os.path.normpath(save_directory))
+            api = HfApi(token=kwargs.get("token"))
+            api.create_repo(repo_id, private=kwargs.get("private"), exist_ok=True)
+            api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(save_directory),
+                commit_message=kwargs.get("commit_message") or "Upload model (hf_tokcomp)",
+            )
 
     def push_to_hub(self, repo_id: str, *args: Any, compressor_only: bool = False, **kwargs: Any):
         """``compressor_only=True`` uploads exactly what ``save_pretrained(..., compressor_only=True)`` writes."""
@@ -228,7 +252,7 @@ class TokenCompressionMixin:
         if self.compressor is None:
             return features
         params = next(self.compressor.parameters(), None)
-        x = features.to(params.dtype if params is not None else torch.float32)[None, None, :]
+        x = features[None, None, :] if params is None else features.to(params.device, params.dtype)[None, None, :]
         with torch.no_grad():
             scores = self.compressor(x)
         if not isinstance(scores, torch.Tensor) or scores.shape != (1, features.shape[0]):
@@ -239,7 +263,7 @@ class TokenCompressionMixin:
             )
         if not torch.isfinite(scores).all():
             raise ValueError("`model.compressor` returned non-finite scores (nan/inf); check its weights.")
-        return scores[0].float()
+        return scores[0].float().to(features.device)
 
     def _tokcomp_compress(
         self,
@@ -248,22 +272,36 @@ class TokenCompressionMixin:
         position_ids: torch.Tensor | None,
         labels: torch.Tensor | None,
         visual: dict[str, Any],
+        left_padding: bool | None = None,
     ) -> CompressedBatch:
-        """Merge, score, select and gather: the whole input-stage compression of one batch."""
+        """Merge, score, select and gather: the whole input-stage compression of one batch (re-padded on the
+        input's side unless ``left_padding`` says; generation always pads left)."""
         if input_ids is None:
             raise ValueError(
                 "token compression needs `input_ids` to find the visual tokens; pass `input_ids` (not only "
                 "`inputs_embeds`), or set `model.config.token_keep = 1.0`."
             )
+        device = self.get_input_embeddings().weight.device  # accept CPU inputs for a GPU model, like generate
+        input_ids = input_ids.to(device)
+        attention_mask, position_ids, labels = (
+            None if t is None else t.to(device) for t in (attention_mask, position_ids, labels)
+        )
+        visual = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in visual.items()}
         merged = self._tokcomp_merge(input_ids, visual)
-        return self._tokcomp_select(merged, input_ids, attention_mask, position_ids, labels, visual)
+        return self._tokcomp_select(merged, input_ids, attention_mask, position_ids, labels, visual, left_padding)
 
     def _tokcomp_features(
-        self, merged: MergedInputs, attention_mask: torch.Tensor, position_ids: torch.Tensor
+        self,
+        merged: MergedInputs,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(B, L)`` layer-0 attention features of every position (see :mod:`hf_tokcomp.features`)."""
+        """``(B, L)`` layer-0 attention features of every position (see :mod:`hf_tokcomp.features`). With
+        ``labels``, tokens that carry a label (the answer) are not query rows: the selection must not see it."""
         cos, sin = self._tokcomp_rotary(merged.inputs_embeds, position_ids)
-        rows = instruction_rows(merged.visual_mask, attention_mask)
+        prompt = attention_mask if labels is None else attention_mask * (labels == -100)
+        rows = instruction_rows(merged.visual_mask, prompt)
         layer0 = self._tokcomp_decoder_layer0()
         return layer0_attention_features(merged.inputs_embeds, layer0, cos, sin, attention_mask, rows)
 
@@ -296,13 +334,14 @@ class TokenCompressionMixin:
         position_ids: torch.Tensor | None,
         labels: torch.Tensor | None,
         visual: dict[str, Any],
+        left_padding: bool | None = None,
     ) -> CompressedBatch:
         """Everything after the vision tower: positions, features, scores, selection, gather (the overhead
         that compression adds to a prefill)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         position_ids = self._tokcomp_positions(input_ids, attention_mask, visual, position_ids)
-        features = self._tokcomp_features(merged, attention_mask, position_ids)
+        features = self._tokcomp_features(merged, attention_mask, position_ids, labels)
 
         keep = attention_mask.bool() & ~merged.visual_mask
         records = []
@@ -326,7 +365,7 @@ class TokenCompressionMixin:
             position_ids,
             labels=labels,
             pad_token_id=self.config.get_text_config().pad_token_id or 0,
-            left_padding=bool(attention_mask[:, -1].all()),
+            left_padding=bool(attention_mask[:, -1].all()) if left_padding is None else left_padding,
         )
         self.last_compression = records
         return batch
@@ -364,8 +403,11 @@ class TokenCompressionMixin:
             return super().generate(inputs, generation_config=generation_config, **kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         self._tokcomp_take_visual(kwargs)
+        attention_mask = kwargs.pop("attention_mask", None)
+        if attention_mask is None:
+            attention_mask = self._tokcomp_infer_mask(input_ids, generation_config)
         batch = self._tokcomp_compress(
-            input_ids, kwargs.pop("attention_mask", None), kwargs.pop("position_ids", None), None, visual
+            input_ids, attention_mask, kwargs.pop("position_ids", None), None, visual, left_padding=True
         )
         self._tokcomp_start_decoding(batch)
         self._tokcomp_lengths_as_new_tokens(kwargs, generation_config, input_ids.shape[1])
@@ -381,19 +423,29 @@ class TokenCompressionMixin:
         )
         return _with_caller_prompt(out, input_ids, batch.input_ids.shape[1])
 
+    def _tokcomp_infer_mask(self, input_ids: torch.Tensor, generation_config) -> torch.Tensor:
+        """What stock ``generate`` infers without an ``attention_mask``: padding where the pad id (distinct from
+        the end-of-sequence ids) occurs, else all ones."""
+        config = generation_config if generation_config is not None else self.generation_config
+        pad, eos = config.pad_token_id, config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        if pad is None or pad in eos or not bool((input_ids == pad).any()):
+            return torch.ones_like(input_ids)
+        return (input_ids != pad).long()
+
     def _tokcomp_lengths_as_new_tokens(self, kwargs: dict[str, Any], generation_config, prompt_len: int) -> None:
         """An absolute ``max_length`` / ``min_length`` counts the caller's prompt; turn it into new tokens so
         the compressed prompt generates exactly as many tokens as the stock model would."""
-        config = generation_config if generation_config is not None else self.generation_config
+        configs = [c for c in (generation_config, self.generation_config) if c is not None]  # stock's precedence
         for name in ("max", "min"):
             absolute, relative = f"{name}_length", f"{name}_new_tokens"
             if kwargs.get(relative) is not None or (
-                kwargs.get(absolute) is None and getattr(config, relative, None) is not None
+                kwargs.get(absolute) is None and any(getattr(c, relative, None) is not None for c in configs)
             ):
                 continue
             value = kwargs.pop(absolute, None)
-            if value is None:
-                value = getattr(config, absolute, None)
+            for config in configs:
+                value = value if value is not None else getattr(config, absolute, None)
             if value is not None and (name == "max" or value > 0):
                 kwargs[relative] = max(value - prompt_len, 0)
 

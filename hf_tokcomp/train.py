@@ -13,7 +13,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,11 +187,23 @@ def train_compressor(
     checkpoint = out / _CHECKPOINT
     if not (checkpoint / "state.json").is_file() and (out / f"{_CHECKPOINT}.old" / "state.json").is_file():
         os.replace(out / f"{_CHECKPOINT}.old", checkpoint)  # interrupted between the two renames below
+    settings = {
+        "labels": [str(Path(p).resolve()) for p in ([labels] if isinstance(labels, (str, os.PathLike)) else labels)],
+        **{k: v for k, v in asdict(args).items() if k != "epochs"},
+    }
+    state["settings"] = settings
     if (checkpoint / "state.json").is_file():
+        saved = json.loads((checkpoint / "state.json").read_text())
+        if saved.get("settings") != settings:
+            differs = sorted(k for k in settings if saved.get("settings", {}).get(k) != settings[k])
+            raise LabelError(
+                f"--out {str(out)!r} holds a training run with other settings ({differs}); use a new "
+                "--out, or the same settings to resume (only --epochs may change)"
+            )
         model = TokenCompressor.from_pretrained(checkpoint)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        state = json.loads((checkpoint / "state.json").read_text())
+        state = saved
 
     bar = tqdm(
         range(state["epoch"], args.epochs),
@@ -211,7 +223,7 @@ def train_compressor(
             optimizer.step()
             total, batches = total + loss.item(), batches + 1
         metrics = {"epoch": epoch + 1, "train_kl": total / batches, **evaluate_segments(model, val_items)}
-        state = {"epoch": epoch + 1, "history": [*state["history"], metrics]}
+        state = {"epoch": epoch + 1, "history": [*state["history"], metrics], "settings": settings}
         _save_checkpoint(checkpoint, model, optimizer, state)
         bar.set_postfix(val_kl=f"{metrics['kl']:.4f}", recall50=f"{metrics['recall@50%']:.3f}")
 

@@ -77,7 +77,8 @@ def test_last_compression_records_kept_visual_indices(stock, ours):
 
 def test_labels_give_the_loss_of_the_compressed_sequence(stock, ours):
     inputs = make_qwen_inputs([IMAGE], stock.config)
-    labels = inputs["input_ids"].masked_fill(inputs["mm_token_type_ids"] > 0, -100)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, -2:] = inputs["input_ids"][:, -2:]  # the last two tokens play the answer; the prompt is masked
     ours.compressor = FixedScores()
     ours.config.token_keep = 0.5
     kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.5)[0]
@@ -101,3 +102,43 @@ def test_no_mask_no_cache_path_keeps_one_sequence(stock, ours, sample):
         full = {**inputs, "attention_mask": torch.ones_like(inputs["input_ids"])}
         expected = stock_logits_on_shortened(stock, full, kept)[0]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_labelled_answer_tokens_do_not_steer_the_selection(stock, ours):
+    """Teacher forcing must score as generation would: answer tokens (labels != -100) are not query rows."""
+
+    class Recorder(torch.nn.Module):
+        def forward(self, features):
+            self.seen = features.clone()
+            return features[:, 0]
+
+    ours.compressor, ours.config.token_keep = Recorder(), 0.25
+    prompt = make_qwen_inputs([IMAGE], stock.config)
+    answer = torch.tensor([[40, 41, 42]])
+    full = dict(
+        prompt,
+        input_ids=torch.cat([prompt["input_ids"], answer], 1),
+        attention_mask=torch.ones(1, prompt["input_ids"].shape[1] + 3, dtype=torch.long),
+        mm_token_type_ids=torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(answer, dtype=torch.int)], 1),
+    )
+    labels = torch.full_like(full["input_ids"], -100)
+    labels[:, -3:] = answer
+    with torch.no_grad():
+        ours.generate(**prompt, max_new_tokens=1, do_sample=False)
+        from_prompt = ours.compressor.seen
+        ours(**full, labels=labels)
+        torch.testing.assert_close(ours.compressor.seen, from_prompt)
+        ours(**full)  # without labels the answer rows would count
+        assert not torch.allclose(ours.compressor.seen, from_prompt)
+
+
+def test_generate_without_attention_mask_infers_the_padding_like_stock(stock, ours):
+    inputs = make_qwen_inputs([IMAGE, SMALL_IMAGE], stock.config)
+    assert not inputs["attention_mask"].all()
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.5
+    ours.generation_config.pad_token_id = 0
+    with torch.no_grad():
+        with_mask = ours.generate(**inputs, max_new_tokens=4, do_sample=False)
+        del inputs["attention_mask"]
+        without = ours.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert torch.equal(with_mask, without)

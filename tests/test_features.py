@@ -43,6 +43,6 @@ def test_prompt_ending_in_a_visual_token_is_refused():
     try:
         instruction_rows(visual, torch.ones(1, 3))
     except ValueError as err:
-        assert "instruction tokens after the visual span" in str(err)
+        assert "no instruction tokens after their last visual token" in str(err)
     else:
         raise AssertionError("expected a ValueError")

@@ -130,6 +130,20 @@ def test_push_to_hub_uploads_exactly_the_saved_files(saved, monkeypatch):
     assert calls["files"]["model.safetensors"] == (saved[0] / "repo" / "model.safetensors").read_bytes()
 
 
+def test_full_save_with_push_uploads_the_compressor_too(saved, tmp_path, monkeypatch):
+    uploaded = {}
+    monkeypatch.setattr("huggingface_hub.HfApi.create_repo", lambda self, repo_id, **kw: None)
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        from pathlib import Path
+
+        uploaded["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*.json"))
+
+    monkeypatch.setattr("huggingface_hub.HfApi.upload_folder", upload_folder)
+    saved[1].save_pretrained(tmp_path / "full", push_to_hub=True, repo_id="org/full")
+    assert "compressor/config.json" in uploaded["files"] and "config.json" in uploaded["files"]
+
+
 def test_full_save_is_a_stock_checkpoint_plus_the_compressor(saved, tmp_path):
     _, model = saved
     model.save_pretrained(tmp_path)
@@ -190,7 +204,8 @@ def test_lora_trains_with_compression_and_reloads(saved, tmp_path):
     )
     assert not any(p.requires_grad for p in model.compressor.parameters())
     inputs = make_qwen_inputs([SAMPLE], model.config)
-    labels = inputs["input_ids"].masked_fill(inputs["mm_token_type_ids"] > 0, -100)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, -2:] = inputs["input_ids"][:, -2:]
     optimizer = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(3):

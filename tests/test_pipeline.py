@@ -104,6 +104,15 @@ def test_interrupted_label_run_resumes_to_the_same_shards(workspace, tmp_path, m
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_empty_answers_are_skipped_not_stored(workspace, tmp_path):
+    model, processor = _load(workspace)
+    records = list(read_records(workspace / "data.jsonl"))[:2]
+    first = model.generate(**build_inputs(processor, records[0]), max_new_tokens=1, do_sample=False)[0, -1]
+    model.generation_config.eos_token_id = int(first)  # the model now "answers" with end-of-sequence at once
+    manifest = label_dataset(model, processor, records[:1], tmp_path, max_new_tokens=3, progress=False)
+    assert (manifest["labelled"], manifest["skipped_empty_answer"]) == (0, 1)
+
+
 def test_wrong_answers_are_skipped_and_counted(workspace, tmp_path):
     model, processor = _load(workspace)
     records = [dict(r) for r in read_records(workspace / "data.jsonl")][:3]
@@ -172,6 +181,10 @@ def test_training_resumes_to_the_same_weights(tmp_path):
         tmp_path / "labels", tmp_path / "resumed", TrainArguments(epochs=4, **args), progress=False
     )
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
+    with pytest.raises(Exception, match="other settings"):
+        train_compressor(
+            tmp_path / "labels", tmp_path / "resumed", TrainArguments(epochs=5, **{**args, "seed": 9}), progress=False
+        )
     a = load_file(str(tmp_path / "whole" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
