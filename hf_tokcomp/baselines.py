@@ -154,7 +154,7 @@ def fastv_generate(
         masks = {name: torch.cat([m, ones], dim=1) for name, m in masks.items()}
         last_position = last_position + 1
         step_batch = CompressedBatch(token, model.get_input_embeddings()(token), ones, last_position, None, token)
-        hidden = model.get_input_embeddings()(token)
+        hidden = step_batch.inputs_embeds
         valid = torch.ones_like(token)
         hidden = run_layers(
             lm.layers[:k], hidden, step_batch, _additive_mask(valid, masks["full"], False, dtype), cache

@@ -262,7 +262,6 @@ def run_benchmark(spec: BenchSpec, progress: bool = True) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     cells = []
-    config = CONFIGS[spec.config](spec.llm_layers, spec.vision_layers)
     for batch in spec.batch_sizes:
         visual = spec.visual_for(batch)
         cells.append(("stock", 1.0, batch))
@@ -292,9 +291,6 @@ def run_benchmark(spec: BenchSpec, progress: bool = True) -> dict[str, Any]:
         "device": device,
         "torch": torch.__version__,
         "rows": rows,
-        "real_layers": {"llm": 28, "vision": 32},
-        "config_name": spec.config,
-        "text_layers": config.text_config.num_hidden_layers,
     }
 
 

@@ -101,7 +101,11 @@ class TokenCompressionMixin:
     #: feature channels the runtime makes per visual token
     _tokcomp_in_channels: int = 1
 
-    def _tokcomp_init(self) -> None:
+    def __init__(self, config, *args: Any, **kwargs: Any) -> None:
+        """Accepts the stock config too (converted to the family's ``config_class``, which adds ``token_keep``)."""
+        if not isinstance(config, self.config_class):
+            config = self.config_class(**config.to_dict())
+        super().__init__(config, *args, **kwargs)
         check_token_keep(self.config.token_keep)
         self.compressor: nn.Module | None = None
         self.last_compression: list[SampleSelection] | None = None

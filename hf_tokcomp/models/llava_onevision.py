@@ -52,12 +52,6 @@ class LlavaOnevisionForConditionalGeneration(TokenCompressionMixin, _StockLlavaO
 
     forward = compressed_forward(_StockLlavaOnevision.forward)
 
-    def __init__(self, config: LlavaOnevisionConfig) -> None:
-        if not isinstance(config, LlavaOnevisionCompressionConfig):
-            config = LlavaOnevisionCompressionConfig(**config.to_dict())
-        super().__init__(config)
-        self._tokcomp_init()
-
     def _tokcomp_merge(self, input_ids: torch.Tensor, visual: dict[str, Any]) -> MergedInputs:
         inner = self.model
         embeds = inner.get_input_embeddings()(input_ids)

@@ -31,9 +31,3 @@ class Qwen2_5_VLForConditionalGeneration(QwenVLCompressionMixin, _StockQwen2_5_V
     _tokcomp_visual_keys = (*QwenVLCompressionMixin._tokcomp_visual_keys, "second_per_grid_ts")
 
     forward = compressed_forward(_StockQwen2_5_VL.forward)
-
-    def __init__(self, config: Qwen2_5_VLConfig) -> None:
-        if not isinstance(config, Qwen2_5_VLCompressionConfig):
-            config = Qwen2_5_VLCompressionConfig(**config.to_dict())
-        super().__init__(config)
-        self._tokcomp_init()

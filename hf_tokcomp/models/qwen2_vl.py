@@ -30,9 +30,3 @@ class Qwen2VLForConditionalGeneration(QwenVLCompressionMixin, _StockQwen2VL, Gen
     config: Qwen2VLCompressionConfig
 
     forward = compressed_forward(_StockQwen2VL.forward)
-
-    def __init__(self, config: Qwen2VLConfig) -> None:
-        if not isinstance(config, Qwen2VLCompressionConfig):
-            config = Qwen2VLCompressionConfig(**config.to_dict())
-        super().__init__(config)
-        self._tokcomp_init()
