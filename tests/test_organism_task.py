@@ -31,7 +31,9 @@ def test_each_object_is_drawn_inside_its_own_cell():
 
 @pytest.mark.parametrize("qtype", QUESTION_TYPES)
 def test_answers_and_evidence_follow_from_the_scene(qtype):
-    for s in [s for s in SAMPLES if s.qtype == qtype]:
+    of_type = [s for s in SAMPLES if s.qtype == qtype]
+    assert len(of_type) >= 5
+    for s in of_type:
         objs, words = s.objects, s.question.split()
         by_name = {(o.colour, o.shape): o for o in objs}
         if qtype == "colour":
@@ -42,7 +44,7 @@ def test_answers_and_evidence_follow_from_the_scene(qtype):
             assert s.answer == ("yes" if present else "no")
             assert s.evidence == ([by_name[(words[3], words[4])].token] if present else sorted(o.token for o in objs))
         elif qtype == "left_of":
-            anchor = by_name[(words[7], words[8])]
+            anchor = by_name[(words[8], words[9])]
             left = [o for o in objs if o.row == anchor.row and o.col < anchor.col]
             target = max(left, key=lambda o: o.col)
             assert (s.answer, s.evidence) == (target.colour, sorted([target.token, anchor.token]))

@@ -21,7 +21,17 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-__all__ = ["COLOURS", "SHAPES", "QUESTION_TYPES", "SceneObject", "Sample", "make_sample", "make_split", "vocabulary"]
+__all__ = [
+    "COLOURS",
+    "SHAPES",
+    "QUESTION_TYPES",
+    "SceneObject",
+    "Sample",
+    "make_sample",
+    "make_scene_samples",
+    "make_split",
+    "vocabulary",
+]
 
 IMAGE_SIZE, CELL, GRID = 224, 28, 8
 BACKGROUND = (235, 235, 230)
@@ -136,7 +146,27 @@ def make_sample(rng: random.Random, qtype: str, min_objects: int = 3, max_object
         objects = _scene(rng, rng.randint(min_objects, max_objects))
         asked = _question(objects, qtype, rng)
         if asked is not None:
-            return Sample(_draw(objects, rng), objects, *asked, qtype)
+            question, answer, evidence = asked
+            return Sample(_draw(objects, rng), objects, question, answer, qtype, evidence)
+
+
+def make_scene_samples(
+    rng: random.Random, n_questions: int, qtypes: tuple[str, ...], min_objects: int, max_objects: int
+) -> list[Sample]:
+    """One scene and ``n_questions`` questions about it (types drawn from ``qtypes`` among those the scene can
+    ask); the samples share one image (training runs the image once for all of them)."""
+    while True:
+        objects = _scene(rng, rng.randint(min_objects, max_objects))
+        askable = [q for q in qtypes if _question(objects, q, random.Random(0)) is not None]
+        if askable:
+            break
+    image = _draw(objects, rng)
+    samples = []
+    for _ in range(n_questions):
+        qtype = rng.choice(askable)
+        question, answer, evidence = _question(objects, qtype, rng)
+        samples.append(Sample(image, objects, question, answer, qtype, evidence))
+    return samples
 
 
 def make_split(

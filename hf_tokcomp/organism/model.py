@@ -1,0 +1,107 @@
+"""The organism's architecture, processor and batches: a stock ``Qwen2VLForConditionalGeneration``, small.
+
+The model is the real transformers class at a small size: a 2-layer vision tower with Qwen2-VL's 14 px
+patches merged 2 x 2 (a 224 px image = 8 x 8 = 64 visual tokens), and a text model of ``hidden_size`` x
+``num_layers``. The processor is the stock Qwen2-VL image processor with a word-level tokenizer over the task's
+:func:`~hf_tokcomp.organism.task.vocabulary` and a Qwen-style chat template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import Qwen2VLConfig
+
+from ..processor import ImageQwen2VLProcessor, word_level_qwen_processor
+from ..tiny import VOCAB
+from .task import IMAGE_SIZE, Sample, vocabulary
+
+__all__ = ["organism_config", "organism_processor", "chat_text", "encode_samples", "blank_image"]
+
+VISUAL_TOKENS = 64
+
+
+def organism_config(hidden_size: int = 128, num_layers: int = 2, vision_dim: int = 64) -> Qwen2VLConfig:
+    """The organism's ``Qwen2VLConfig``: M-RoPE sections scaled to the 32-dim heads, 300-token vocabulary."""
+    heads = hidden_size // 32
+    text = dict(
+        vocab_size=300,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        bos_token_id=VOCAB["bos"],
+        eos_token_id=VOCAB["eos"],
+        pad_token_id=VOCAB["pad"],
+        max_position_embeddings=512,
+    )
+    vision = dict(
+        depth=2, embed_dim=vision_dim, hidden_size=hidden_size, num_heads=2, mlp_ratio=2, patch_size=14, in_channels=3
+    )
+    return Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=VOCAB["image"],
+        video_token_id=VOCAB["video"],
+        vision_start_token_id=VOCAB["vision_start"],
+        vision_end_token_id=VOCAB["vision_end"],
+        tie_word_embeddings=False,
+    )
+
+
+def organism_processor() -> ImageQwen2VLProcessor:
+    """The organism's processor: 224 x 224 px images in, 64 visual tokens out; whitespace-separated words."""
+    pixels = IMAGE_SIZE * IMAGE_SIZE
+    words = sorted(set(vocabulary()) | {"user", "assistant"})
+    return word_level_qwen_processor(words, patch_size=14, min_pixels=pixels, max_pixels=pixels)
+
+
+def chat_text(processor: ImageQwen2VLProcessor, question: str) -> str:
+    """The prompt of one question about one image, through the processor's chat template."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def blank_image() -> Image.Image:
+    """An image with the task's background and no object (for the blanked-image control)."""
+    from .task import BACKGROUND
+
+    return Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
+
+
+def encode_samples(
+    processor: ImageQwen2VLProcessor,
+    samples: list[Sample],
+    with_answers: bool = False,
+    blank: bool = False,
+    tokens_only: bool = False,
+) -> dict[str, Any]:
+    """A left-padded batch of the samples, through the processor (one image per sample).
+
+    With ``with_answers``, each row also holds its answer word and ``<|im_end|>``, and ``labels`` ``(B, L)``
+    are -100 except on those two tokens (the training target). With ``tokens_only``, the text side only (no
+    pixels; the same ids the processor makes, without running the image processor).
+
+    Returns:
+        the processor's ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` ``(B, L)``, ``pixel_values``
+        ``(B * 256, 1176)``, ``image_grid_thw`` ``(B, 3)``; ``labels`` ``(B, L)`` with ``with_answers``.
+    """
+    texts = [chat_text(processor, s.question) for s in samples]
+    if with_answers:
+        texts = [f"{t}{s.answer} <|im_end|> " for t, s in zip(texts, samples, strict=True)]
+    if tokens_only:
+        texts = [t.replace(processor.image_token, processor.image_token * VISUAL_TOKENS) for t in texts]
+        batch = dict(processor.tokenizer(texts, return_tensors="pt", padding=True))
+        batch["mm_token_type_ids"] = (batch["input_ids"] == processor.image_token_id).int()
+    else:
+        images = [blank_image() if blank else s.image for s in samples]
+        batch = dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
+    if with_answers:
+        labels = torch.full_like(batch["input_ids"], -100)
+        labels[:, -2:] = batch["input_ids"][:, -2:]
+        batch["labels"] = labels
+    return batch
