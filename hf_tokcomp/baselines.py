@@ -5,7 +5,9 @@ very same budget rule, gather and positions as the learned one:
 
 - :class:`RandomScores`: seeded random scores;
 - :class:`UniformScores`: spatially even selection (van der Corput order: every prefix is spread evenly);
-- ``compressor=None``: the layer-0 attention features themselves (training-free mode).
+- ``compressor=None``: the layer-0 attention features themselves (training-free mode);
+- :class:`PresetScores`: per-sample scores computed elsewhere (the GAE teacher, the evidence oracle), handed
+  out segment by segment in the order the model scores them.
 
 FastV (Chen et al. 2024) prunes INSIDE the LLM: layers ``0..K-1`` run on every token; the attention of the last
 prompt token at layer ``K-1`` picks the visual tokens that layers ``K..`` see. :func:`fastv_generate` implements
@@ -25,7 +27,7 @@ from .compression import CompressedBatch, compress_batch
 from .features import layer0_attention_features
 from .selection import select_top
 
-__all__ = ["RandomScores", "UniformScores", "fastv_generate", "FastVOutput"]
+__all__ = ["RandomScores", "UniformScores", "PresetScores", "oracle_scores", "fastv_generate", "FastVOutput"]
 
 
 class RandomScores(nn.Module):
@@ -54,6 +56,39 @@ class UniformScores(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return (-_van_der_corput(features.shape[-1])).expand(features.shape[0], -1).to(features.device)
+
+
+class PresetScores(nn.Module):
+    """``(1, C, n) -> (1, n)``: the next of the scores given to :meth:`load`, one ``(n,)`` tensor per visual
+    segment, in the order the model scores segments (sample by sample, segments in sequence order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: list[torch.Tensor] = []
+
+    def load(self, scores: list[torch.Tensor]) -> None:
+        """Replace the queue (one ``(n,)`` tensor per segment of the coming batch)."""
+        self.queue = [torch.as_tensor(s, dtype=torch.float32) for s in scores]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.queue:
+            raise RuntimeError("PresetScores: the model scored more segments than were loaded with `load()`")
+        scores = self.queue.pop(0)
+        if scores.shape != (features.shape[-1],):
+            got, n = tuple(scores.shape), features.shape[-1]
+            raise ValueError(f"PresetScores: preset scores of shape {got} for a segment of {n} tokens")
+        return scores[None].to(features.device)
+
+
+def oracle_scores(n: int, evidence: list[int]) -> torch.Tensor:
+    """``(n,)`` scores that rank the ``evidence`` token indices first, the rest spatially even (as
+    :class:`UniformScores`) so that any budget beyond the evidence is spent like the uniform baseline."""
+    bad = [i for i in evidence if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"`evidence` indices must be in [0, {n}), got {bad}")
+    scores = -_van_der_corput(n)
+    scores[list(evidence)] += 2.0
+    return scores
 
 
 @dataclass

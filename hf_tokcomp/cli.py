@@ -1,4 +1,4 @@
-"""The ``tokcomp`` command: ``label`` -> ``train`` (and ``--help`` on each)."""
+"""The ``tokcomp`` command: ``label`` -> ``train`` -> ``eval`` (and ``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,48 @@ def _train(args: argparse.Namespace) -> None:
     print(json.dumps(result["history"][-1]))
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .data import read_records
+    from .evaluate import EvalSettings, evaluate
+    from .models import load_compressed_model
+    from .processor import load_processor
+    from .report import eval_markdown, eval_plot
+    from .resolve import resolve_compressor
+
+    settings = EvalSettings(
+        keeps=tuple(args.keeps),
+        methods=tuple(args.methods),
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        fastv_k=args.fastv_k,
+        seed=args.seed,
+    )
+    records = read_records(args.data, split=args.split)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        records = [records[i] for i in range(min(args.limit, len(records)))]
+    model = load_compressed_model(args.model).eval()
+    processor = load_processor(args.processor or args.model)
+    compressor = None
+    if args.compressor is not None:
+        compressor, _ = resolve_compressor(args.compressor, model.config.model_type, model._tokcomp_in_channels)
+    elif "ours" in settings.methods:
+        raise ValueError("--compressor is required for the `ours` method (or pass --methods without `ours`)")
+    result = evaluate(model, processor, records, compressor, settings)
+    result |= {"model": args.model, "compressor": args.compressor, "data": str(args.data)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    table = eval_markdown(result)
+    (out / "eval.md").write_text(table)
+    eval_plot(result, out / "eval.png")
+    print(table)
+    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokcomp",
@@ -81,6 +123,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, default=0.1, help="samples held out (default: 0.1)")
     train.add_argument("--seed", type=int, default=0, help="default: 0")
     train.set_defaults(run=_train)
+
+    from .evaluate import METHODS
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="retention of the compressor vs baselines at several keep ratios",
+        description="Accuracy of every method (learned compressor, layer-0 attention, uniform, random, FastV, "
+        "GAE teacher, evidence oracle) at each keep ratio, and retention = accuracy / uncompressed accuracy, "
+        "overall and per `qtype`; writes OUT/eval.json, eval.md and eval.png.",
+    )
+    evaluate.add_argument("--model", required=True, help="model directory or Hub id")
+    evaluate.add_argument("--compressor", default=None, help="compressor directory / Hub id (the `ours` method)")
+    evaluate.add_argument("--data", required=True, help="JSONL (image, question, answer[, qtype, evidence]) or dataset")
+    evaluate.add_argument("--out", required=True, help="output directory")
+    evaluate.add_argument("--processor", default=None, help="processor directory (default: --model)")
+    evaluate.add_argument("--split", default="test", help="dataset split for Hub datasets (default: test)")
+    evaluate.add_argument("--methods", nargs="+", default=list(METHODS), help=f"default: {' '.join(METHODS)}")
+    evaluate.add_argument(
+        "--keeps", nargs="+", type=float, default=[1.0, 0.75, 0.5, 0.25, 0.1], help="default: 1 0.75 0.5 0.25 0.1"
+    )
+    evaluate.add_argument("--batch-size", type=int, default=32, help="default: 32")
+    evaluate.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit (default: 8)")
+    evaluate.add_argument("--fastv-k", type=int, default=None, help="FastV's K (default: 2, or 1 for 2-layer LLMs)")
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default: 0)")
+    evaluate.set_defaults(run=_eval)
 
     # listed for --help; main() hands `tokcomp bench ...` to hf_tokcomp.bench's own parser
     sub.add_parser("bench", help="speed / memory / FLOPs vs the stock model and FastV (`tokcomp bench --help`)")

@@ -28,7 +28,16 @@ from safetensors.torch import load_file, save_file
 
 from .explain import greedy_answers, visual_relevance
 
-__all__ = ["LabelSegment", "read_records", "label_dataset", "load_label_dir", "MANIFEST"]
+__all__ = [
+    "LabelSegment",
+    "read_records",
+    "build_inputs",
+    "build_batch",
+    "normalise_answer",
+    "label_dataset",
+    "load_label_dir",
+    "MANIFEST",
+]
 
 MANIFEST = "manifest.json"
 _FORMAT = 1
@@ -104,23 +113,36 @@ def _open_image(value: Any):
 
 def build_inputs(processor, record: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Processor output for one record: the user turn holds its image(s) / video, then the question."""
-    images = record.get("image")
-    images = [] if images is None else [_open_image(i) for i in (images if isinstance(images, list) else [images])]
-    video = record.get("video")
-    content = [{"type": "image"} for _ in images] + ([{"type": "video"}] if video is not None else [])
-    content.append({"type": "text", "text": record["question"]})
-    text = processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-    )
-    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+    return build_batch(processor, [record])
+
+
+def build_batch(processor, records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Processor output for a left-padded batch of records (each: its image(s) / video, then the question)."""
+    texts, images, videos = [], [], []
+    for record in records:
+        own = record.get("image")
+        own = [] if own is None else [_open_image(i) for i in (own if isinstance(own, list) else [own])]
+        video = record.get("video")
+        content = [{"type": "image"} for _ in own] + ([{"type": "video"}] if video is not None else [])
+        content.append({"type": "text", "text": record["question"]})
+        texts.append(
+            processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+        )
+        images += own
+        if video is not None:
+            videos.append([_open_image(f) for f in video])
+    kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": "left"}
     if images:
         kwargs["images"] = images
-    if video is not None:
-        kwargs["videos"] = [[_open_image(f) for f in video]]
+    if videos:
+        kwargs["videos"] = videos
     return dict(processor(**kwargs))
 
 
-def _normalise(text: str) -> str:
+def normalise_answer(text: str) -> str:
+    """Lower case, trailing punctuation and spaces removed: how answers are compared."""
     return re.sub(r"[\s.!?]+$", "", text.strip().lower())
 
 
@@ -239,9 +261,9 @@ def label_dataset(
             reference = record.get("answer")
             if answer.numel() == 0:
                 counts["skipped_empty_answer"] += 1
-            elif reference is not None and _normalise(tokenizer.decode(answer, skip_special_tokens=True)) != _normalise(
-                str(reference)
-            ):
+            elif reference is not None and normalise_answer(
+                tokenizer.decode(answer, skip_special_tokens=True)
+            ) != normalise_answer(str(reference)):
                 counts["skipped_wrong"] += 1
             else:
                 relevance = visual_relevance(model, inputs, [answer])[0]

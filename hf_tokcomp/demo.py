@@ -1,80 +1,101 @@
-"""`make demo`: one compressed `generate()` call on a tiny Qwen2-VL built in code (random weights, offline).
+"""`make demo`: the whole pipeline on the organism (a small Qwen2-VL trained on CPU, shipped in the package).
 
-Shows what compression does to a batch: the prompt lengths before and after, the visual tokens kept per image
-(as a map over the image's token grid), the KV-cache length, and that the returned sequences start with the
-caller's own prompt.
+1. write the organism's train and test splits (JSONL + PNG), 2. label the train split (layer-0 features + GAE
+relevance of the model's own answers, ``tokcomp label``), 3. train a compressor on the labels (``tokcomp
+train``), 4. evaluate every method at every keep ratio on the test split (``tokcomp eval``): table, plot, and
+5. an image of the kept tokens. ``--quick`` skips 1-3 and uses the shipped, pre-trained compressor.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 
-from .models import Qwen2VLForConditionalGeneration
-from .tiny import make_qwen_inputs, tiny_qwen_config
+from .compressor import TokenCompressor
+from .data import build_inputs, label_dataset, read_records
+from .evaluate import EvalSettings, evaluate
+from .organism import ORGANISM_COMPRESSOR_DIR, load_organism
+from .organism.export import write_split
+from .overlay import overlay_kept, side_by_side
+from .report import eval_markdown, eval_plot
+from .train import TrainArguments, train_compressor
 
-__all__ = ["main"]
+__all__ = ["main", "kept_tokens_figure"]
 
 
-def _token_map(kept: torch.Tensor, start: int, height: int, width: int) -> list[str]:
-    """Rows of '#' (kept) and '.' (dropped) over an image's merged-token grid."""
-    grid = [["."] * width for _ in range(height)]
-    for index in kept.tolist():
-        row, col = divmod(index - start, width)
-        grid[row][col] = "#"
-    return ["".join(row) for row in grid]
+def kept_tokens_figure(model, processor, record: dict, compressor, keep: float) -> Image.Image:
+    """The record's image three times: the tokens kept by the compressor, by the training-free layer-0
+    attention, and the ground-truth evidence."""
+    image = Image.open(record["image"]).convert("RGB")
+    inputs = build_inputs(processor, record)
+    saved = (model.compressor, model.config.token_keep)
+    panels = []
+    try:
+        model.config.token_keep = keep
+        for name, module in (("learned compressor", compressor), ("layer-0 attention", None)):
+            model.compressor = module
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+            answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            kept = model.last_compression[0].kept[0].tolist()
+            panels.append((f"{name} @{keep:g}: {answer.strip()}", overlay_kept(image, kept, (8, 8))))
+    finally:
+        model.compressor, model.config.token_keep = saved
+    panels.append((f"evidence: {record['answer']}", overlay_kept(image, record["evidence"], (8, 8))))
+    figure = side_by_side(panels)
+    canvas = Image.new("RGB", (figure.width, figure.height + 18), (255, 255, 255))
+    canvas.paste(figure, (0, 18))
+    ImageDraw.Draw(canvas).text((8, 3), record["question"], fill=(0, 0, 0))
+    return canvas
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hf_tokcomp.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--token-keep", type=float, default=0.5, help="fraction of visual tokens kept (0, 1]")
-    parser.add_argument("--max-new-tokens", type=int, default=8, help="tokens to generate per sample")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights and pixels")
+    parser.add_argument("--quick", action="store_true", help="use the shipped compressor (skip label and train)")
+    parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    parser.add_argument("--train-samples", type=int, default=1500, help="samples to label (default: 1500)")
+    parser.add_argument("--test-samples", type=int, default=500, help="samples to evaluate (default: 500)")
+    parser.add_argument("--epochs", type=int, default=60, help="compressor training epochs (default: 60)")
     args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    out = Path(args.out)
+    start = time.perf_counter()
 
-    torch.manual_seed(args.seed)
-    config = tiny_qwen_config("qwen2_vl")
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.config.token_keep = args.token_keep  # validated: a bad value raises here with the allowed range
-    samples = {
-        "a 16x16-patch image": [("text", [11, 12]), ("image", (16, 16)), ("text", [13, 14, 15, 16])],
-        "two images (8x12, 8x8)": [
-            ("text", [11]),
-            ("image", (8, 12)),
-            ("text", [17]),
-            ("image", (8, 8)),
-            ("text", [18, 19]),
-        ],
-    }
-    inputs = make_qwen_inputs(list(samples.values()), config, seed=args.seed)
-    merge = config.vision_config.spatial_merge_size
+    def step(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {message}", flush=True)
 
-    with torch.no_grad():
-        out = model.generate(
-            **inputs, max_new_tokens=args.max_new_tokens, do_sample=False, return_dict_in_generate=True
-        )
-    prompt_len = inputs["input_ids"].shape[1]
-    cache_len = out.past_key_values.get_seq_length() - (args.max_new_tokens - 1)
-    print(f"Tiny Qwen2-VL (random weights), token_keep={args.token_keep}, batch of {len(samples)}, left padded\n")
-    grids = iter(inputs["image_grid_thw"].tolist())
-    for b, (name, record) in enumerate(zip(samples, model.last_compression, strict=True)):
-        real = int(inputs["attention_mask"][b].sum())
-        total, kept = sum(record.num_tokens), record.num_kept
-        print(f"sample {b} ({name}): prompt {real} -> {real - total + kept} tokens, visual {total} -> {kept}")
-        start = 0
-        for n, kept_idx in zip(record.num_tokens, record.kept, strict=True):
-            _, h, w = next(grids)
-            print(f"  image {h // merge}x{w // merge} tokens, kept {kept_idx.numel()}/{n} (# = kept):")
-            for line in _token_map(kept_idx, start, h // merge, w // merge):
-                print(f"    {line}")
-            start += n
-        print(f"  answer ids: {out.sequences[b, prompt_len:].tolist()}")
-    print(f"\npadded prompt length {prompt_len} -> KV cache prompt length {cache_len}")
-    print(
-        f"returned sequences start with the caller's input_ids: "
-        f"{bool(torch.equal(out.sequences[:, :prompt_len], inputs['input_ids']))}"
-    )
+    model, processor = load_organism()
+    step(f"organism loaded: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+    test = write_split("test", args.test_samples, out / "data")
+    if args.quick:
+        compressor_dir = ORGANISM_COMPRESSOR_DIR
+        step(f"--quick: using the shipped compressor {compressor_dir}")
+    else:
+        train = write_split("train", args.train_samples, out / "data")
+        step(f"wrote {train} and {test}")
+        manifest = label_dataset(model, processor, read_records(train), out / "labels", max_new_tokens=4)
+        counts = {k: manifest[k] for k in ("labelled", "skipped_wrong")}
+        step(f"labelled the train split: {counts} (wrong answers are not used as targets)")
+        compressor_dir = out / "compressor"
+        history = train_compressor(out / "labels", compressor_dir, TrainArguments(epochs=args.epochs))["history"]
+        step(f"trained the compressor: {json.dumps(history[-1])}")
+    compressor = TokenCompressor.from_pretrained(compressor_dir).eval()
+    records = read_records(test)
+    result = evaluate(model, processor, records, compressor, EvalSettings(max_new_tokens=2))
+    result |= {"model": "hf_tokcomp organism", "compressor": str(compressor_dir), "data": str(test)}
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    table = eval_markdown(result)
+    (out / "eval.md").write_text(table)
+    eval_plot(result, out / "eval.png")
+    step("evaluated every method on the test split:\n\n" + table)
+    example = next(r for r in records if r["qtype"] == "left_of")
+    kept_tokens_figure(model, processor, example, compressor, 0.25).save(out / "kept_tokens.png")
+    step(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'} and {out / 'kept_tokens.png'}")
 
 
 if __name__ == "__main__":

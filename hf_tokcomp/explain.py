@@ -209,6 +209,8 @@ def visual_relevance(
     batch, length = ids.shape
     lengths = [int(torch.as_tensor(a).numel()) for a in answer_ids]
     visual = (ids == model.config.image_token_id) | (ids == model.config.video_token_id)
+    for b, n in enumerate(lengths):  # an answer token that happens to be a placeholder id is not visual
+        visual[b, length - n :] = False
     total = torch.zeros(batch, length, dtype=torch.float32, device=ids.device)
 
     with _relevance_mode(model):

@@ -1,0 +1,81 @@
+"""Render an :func:`hf_tokcomp.evaluate.evaluate` result: a markdown table and a retention plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["eval_markdown", "eval_plot"]
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f}"
+
+
+def eval_markdown(result: dict[str, Any]) -> str:
+    """Retention (%) per method and keep ratio, overall and per question type, with tokens and FLOPs."""
+    keeps = [str(k) for k in result["keeps"]]
+    head = "| method | " + " | ".join(f"keep {k}" for k in keeps) + " |"
+    rule = "|---" * (len(keeps) + 1) + "|"
+    lines = [
+        f"Retention = accuracy / uncompressed accuracy, in %, on {result['num_samples']} samples "
+        f"(uncompressed accuracy {_pct(result['accuracy'][result['methods'][0]]['1.0']['all'])}%).",
+        "",
+        "**All questions**",
+        "",
+        head,
+        rule,
+    ]
+    for method in result["methods"]:
+        lines.append(f"| {method} | " + " | ".join(_pct(result["retention"][method][k]["all"]) for k in keeps) + " |")
+    lines.append("| visual tokens / sample | " + " | ".join(f"{result['visual_tokens'][k]:.1f}" for k in keeps) + " |")
+    if result.get("flops"):
+        full = result["flops"]["none"]["1.0"]
+        for method in ("ours", "fastv"):
+            if method not in result["flops"]:
+                continue
+            for part in ("llm", "total"):
+                cells = ["100"] + [f"{100 * result['flops'][method][k][part] / full[part]:.0f}" for k in keeps[1:]]
+                lines.append(f"| {part} prefill FLOPs, {method} (% of full) | " + " | ".join(cells) + " |")
+    qtypes = [q for q in result["counts"] if q != "all"]
+    for qtype in qtypes:
+        base = _pct(result["accuracy"][result["methods"][0]]["1.0"][qtype])
+        lines += ["", f"**{qtype}** ({result['counts'][qtype]} samples, uncompressed accuracy {base}%)", "", head, rule]
+        for method in result["methods"]:
+            cells = " | ".join(_pct(result["retention"][method][k][qtype]) for k in keeps)
+            lines.append(f"| {method} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def eval_plot(result: dict[str, Any], path: str | Path) -> None:
+    """Retention vs keep ratio, one line per method; one panel for all questions and one per question type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(result["counts"])
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    keeps = [str(k) for k in result["keeps"]]
+    xs = [float(k) for k in keeps]
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for method in result["methods"]:
+            ys = [100 * result["retention"][method][k][panel] for k in keeps]
+            style = "-o" if method == "ours" else "--." if method in ("teacher", "oracle") else "-."
+            ax.plot(xs, ys, style, label=method, linewidth=2.2 if method == "ours" else 1.2)
+        ax.set_title(f"{panel} (n={result['counts'][panel]})")
+        ax.set_xlabel("token_keep")
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("retention (%)")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,146 @@
+"""The retention harness against references built from the stock model on hand-shortened inputs."""
+
+import json
+
+import pytest
+import torch
+from transformers import Qwen2VLForConditionalGeneration as StockQwen2VL
+
+import hf_tokcomp
+from hf_tokcomp import TokenCompressor, TokenCompressorConfig
+from hf_tokcomp.baselines import oracle_scores
+from hf_tokcomp.cli import main as tokcomp
+from hf_tokcomp.data import build_batch
+from hf_tokcomp.evaluate import EvalSettings, evaluate
+from hf_tokcomp.organism.export import write_split
+from hf_tokcomp.organism.model import organism_config, organism_processor
+from hf_tokcomp.organism.task import make_split
+
+from .reference import naive_kept_positions, qwen_segment_sizes, stock_logits_on_shortened
+
+
+def _bit_reversed(i: int, n: int) -> int:
+    bits = max(1, (n - 1).bit_length())
+    return int(format(i, f"0{bits}b")[::-1], 2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(3)
+    stock = StockQwen2VL(organism_config(hidden_size=64, num_layers=2)).eval()
+    processor = organism_processor()
+    words = [i for t, i in processor.tokenizer.get_vocab().items() if not t.startswith(("<", "["))]
+    with torch.no_grad():  # a random model that answers with words (varied ones), like a trained one
+        unused = torch.ones(stock.lm_head.weight.shape[0], dtype=torch.bool)
+        unused[words] = False
+        stock.lm_head.weight[unused] = -stock.lm_head.weight[unused].abs().sum(-1, keepdim=True)
+        stock.lm_head.weight[~unused] *= 10
+    stock.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    ours = hf_tokcomp.Qwen2VLForConditionalGeneration.from_pretrained(root / "model").eval()
+    return root, stock, ours, processor
+
+
+def _records(n: int):
+    return [
+        {"image": s.image, "question": s.question, "answer": s.answer, "qtype": s.qtype, "evidence": s.evidence}
+        for s in make_split("test", n)
+    ]
+
+
+def test_oracle_scores_rank_the_evidence_first_then_spread_evenly():
+    scores = oracle_scores(16, [5, 9])
+    order = sorted(range(16), key=lambda j: -scores[j].item())
+    assert sorted(order[:2]) == [5, 9]
+    assert order[2:] == sorted(set(range(16)) - {5, 9}, key=lambda j: _bit_reversed(j, 16))
+    with pytest.raises(ValueError, match="evidence"):
+        oracle_scores(16, [16])
+
+
+def test_accuracies_match_the_stock_model_on_hand_shortened_inputs(setup):
+    _, stock, ours, processor = setup
+    records = _records(6)
+    inputs = build_batch(processor, records)
+    sizes = qwen_segment_sizes(inputs, stock.config)
+
+    def naive_oracle(record):
+        # evidence first, then bit-reversed index order, written independently of the code under test
+        def scores(n):
+            rank = sorted(range(n), key=lambda j: (j not in record["evidence"], _bit_reversed(j, n)))
+            out = torch.zeros(n)
+            out[rank] = -torch.arange(n, dtype=torch.float32)
+            return out
+
+        return scores
+
+    first_tokens = {}
+    for keep in (1.0, 0.25):
+        tokens = []
+        for b, record in enumerate(records):
+            one = {k: (v[b : b + 1] if v.shape[0] == len(records) else v) for k, v in inputs.items()}
+            one["pixel_values"] = inputs["pixel_values"][b * 256 : (b + 1) * 256]
+            one["image_grid_thw"] = inputs["image_grid_thw"][b : b + 1]
+            kept = naive_kept_positions(one, qwen_segment_sizes(one, stock.config), naive_oracle(record), keep)
+            with torch.no_grad():
+                logits = stock_logits_on_shortened(stock, one, kept)[0]
+            tokens.append(int(logits[-1].argmax()))
+        first_tokens[keep] = tokens
+    assert sizes[stock.config.image_token_id] == [64] * 6
+    words = processor.tokenizer.convert_ids_to_tokens(first_tokens[0.25])
+    answers = [processor.tokenizer.decode([t], skip_special_tokens=True) for t in first_tokens[0.25]]
+    for record, answer in zip(records, answers, strict=True):
+        record["answer"] = answer
+    agree = sum(a == b for a, b in zip(first_tokens[1.0], first_tokens[0.25], strict=True)) / len(records)
+    assert len(set(words)) > 1, "a degenerate model (one answer for everything) would make this test weak"
+
+    result = evaluate(
+        ours, processor, records, None, EvalSettings(keeps=(1.0, 0.25), methods=("oracle",), max_new_tokens=1)
+    )
+    assert result["accuracy"]["oracle"]["0.25"]["all"] == 1.0
+    assert result["accuracy"]["oracle"]["1.0"]["all"] == pytest.approx(agree)
+    assert result["visual_tokens"] == {"1.0": 64.0, "0.25": 16.0}
+
+
+def test_every_method_runs_and_restores_the_model(setup):
+    _, _, ours, processor = setup
+    records = _records(10)
+    compressor = TokenCompressor(TokenCompressorConfig(base_model_type="qwen2_vl"))
+    ours.config.token_keep, ours.compressor = 0.5, None
+    result = evaluate(ours, processor, records, compressor, EvalSettings(keeps=(1.0, 0.5), max_new_tokens=2))
+    assert (ours.config.token_keep, ours.compressor) == (0.5, None)
+    assert set(result["accuracy"]) == {"ours", "attention", "uniform", "random", "fastv", "teacher", "oracle"}
+    assert set(result["counts"]) == {"all", "colour", "exists", "left_of", "below", "count"}
+    flops = result["flops"]
+    assert flops["ours"]["0.5"]["llm"] < 0.7 * flops["none"]["1.0"]["llm"]
+    assert flops["ours"]["0.5"]["llm"] < flops["fastv"]["0.5"]["llm"] < flops["none"]["1.0"]["llm"]
+    assert flops["ours"]["0.5"]["compressor"] > 0 == flops["none"]["1.0"]["compressor"]
+    assert flops["ours"]["0.5"]["vision"] == flops["none"]["1.0"]["vision"] > 0
+    ours.config.token_keep = 1.0
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(methods=("best",)), "`methods`"),
+        (dict(keeps=(1.5,)), "`keeps`"),
+        (dict(batch_size=0), "`batch_size`"),
+    ],
+)
+def test_bad_settings_raise(settings, message):
+    with pytest.raises(ValueError, match=message):
+        EvalSettings(**settings)
+
+
+def test_cli_eval_writes_json_markdown_and_plot(setup, tmp_path, capsys):
+    root, _, _, _ = setup
+    data = write_split("test", 6, tmp_path / "data")
+    TokenCompressor(TokenCompressorConfig(base_model_type="qwen2_vl")).save_pretrained(tmp_path / "comp")
+    argv = ["eval", "--model", str(root / "model"), "--compressor", str(tmp_path / "comp"), "--data", str(data)]
+    argv += ["--out", str(tmp_path / "out"), "--keeps", "1", "0.5", "--max-new-tokens", "2"]
+    assert tokcomp(argv) == 0
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert result["num_samples"] == 6 and (tmp_path / "out" / "eval.png").stat().st_size > 1000
+    assert "| ours |" in (tmp_path / "out" / "eval.md").read_text()
+    assert tokcomp(argv[:3] + argv[5:] + ["--methods", "ours"]) == 2
+    assert "--compressor is required" in capsys.readouterr().err
