@@ -161,7 +161,8 @@ def evaluate(
     Returns:
         A JSON-able dict: ``accuracy[method][keep][qtype]`` (``qtype`` includes ``"all"``), ``retention`` (same
         layout, accuracy / uncompressed accuracy), ``visual_tokens[keep]`` (mean kept per sample),
-        ``flops[method][keep]`` (:func:`prefill_flops` of the first sample; ``flops["none"]["1.0"]`` uncompressed), ``counts[qtype]``, ``settings``.
+        ``flops[method][keep]`` (:func:`prefill_flops` of the first sample; ``flops["none"]["1.0"]``: uncompressed),
+        ``counts[qtype]``, ``settings``.
     """
     settings = settings or EvalSettings()
     if settings.fastv_k is None:

@@ -26,8 +26,14 @@ def test_training_batches_hold_the_processors_ids():
 
 def _args(out, steps):
     return OrganismTrainArguments(
-        out=str(out), steps=steps, scenes_per_step=2, questions_per_scene=2, hidden_size=64, eval_every=2,
-        val_samples=5, warmup=2,
+        out=str(out),
+        steps=steps,
+        scenes_per_step=2,
+        questions_per_scene=2,
+        hidden_size=64,
+        eval_every=2,
+        val_samples=5,
+        warmup=2,
     )
 
 
