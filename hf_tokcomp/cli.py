@@ -25,6 +25,7 @@ def _label(args: argparse.Namespace) -> None:
         shard_size=args.shard_size,
         max_new_tokens=args.max_new_tokens,
         model_name=args.model,
+        teacher=args.teacher,
     )
     print(
         json.dumps({k: manifest[k] for k in ("labelled", "skipped_wrong", "skipped_no_visual", "skipped_empty_answer")})
@@ -107,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
     label.add_argument("--shard-size", type=int, default=64, help="samples per shard (default: 64)")
     label.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: 32)")
+    label.add_argument(
+        "--teacher",
+        default="gae",
+        choices=["gae", "occlusion"],
+        help="target signal: GAE relevance (the paper's, default) or leave-one-out occlusion",
+    )
     label.set_defaults(run=_label)
 
     train = sub.add_parser(

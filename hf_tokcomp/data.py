@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .explain import greedy_answers, visual_relevance
+from .occlusion import occlusion_relevance
 
 __all__ = [
     "LabelSegment",
@@ -37,9 +38,12 @@ __all__ = [
     "label_dataset",
     "load_label_dir",
     "MANIFEST",
+    "TEACHERS",
 ]
 
 MANIFEST = "manifest.json"
+#: teacher signals ``label_dataset`` can store: GAE relevance (the paper's) and leave-one-out occlusion
+TEACHERS = ("gae", "occlusion")
 _FORMAT = 1
 _KINDS = {"image": 0, "video": 1}
 
@@ -179,12 +183,14 @@ def label_dataset(
     max_new_tokens: int = 32,
     model_name: str | None = None,
     progress: bool = True,
+    teacher: str = "gae",
 ) -> dict[str, Any]:
     """Label ``records`` into ``out`` (resuming if ``out`` holds a manifest for the same model and data).
 
     Each sample: the model answers greedily (uncompressed); with a reference ``answer`` a wrong answer is skipped
     and counted; the features are the runtime's :meth:`compressor_features`; the target is
-    :func:`~hf_tokcomp.explain.visual_relevance` for the model's own answer tokens.
+    :func:`~hf_tokcomp.explain.visual_relevance` (``teacher="gae"``, the paper's) or
+    :func:`~hf_tokcomp.occlusion.occlusion_relevance` (``teacher="occlusion"``) for the model's own answer tokens.
 
     Returns:
         The manifest (counts of labelled and skipped samples, shards).
@@ -193,6 +199,8 @@ def label_dataset(
 
     if shard_size < 1:
         raise LabelError(f"--shard-size must be >= 1, got {shard_size}")
+    if teacher not in TEACHERS:
+        raise LabelError(f"--teacher must be one of {list(TEACHERS)}, got {teacher!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = {
@@ -202,6 +210,7 @@ def label_dataset(
         "hidden_size": model.config.get_text_config().hidden_size,
         "feature_channels": model._tokcomp_in_channels,
         "data_fingerprint": _fingerprint(records),
+        "teacher": teacher,
         "num_records": len(records),
     }
     counters = ("labelled", "skipped_wrong", "skipped_no_visual", "skipped_empty_answer")
@@ -266,7 +275,10 @@ def label_dataset(
             ) != normalise_answer(str(reference)):
                 counts["skipped_wrong"] += 1
             else:
-                relevance = visual_relevance(model, inputs, [answer])[0]
+                if teacher == "gae":
+                    relevance = visual_relevance(model, inputs, [answer])[0]
+                else:
+                    relevance = occlusion_relevance(model, inputs, answer)
                 if relevance.numel() != sum(f.shape[-1] for _, f in segments):
                     raise RuntimeError(
                         f"sample {index}: {relevance.numel()} relevance values for "

@@ -10,6 +10,7 @@ Methods (all input-stage methods go through the model's own budget rule, gather 
   K = 2 as in the paper by default, 1 for a 2-layer LLM);
 - ``teacher``: the GAE relevance of the model's own answer (what the compressor is trained to imitate; it needs
   the answer, so it is a reference, not a deployable method);
+- ``occlusion``: the alternative teacher signal, leave-one-out occlusion of the model's own answer (a reference);
 - ``oracle``: the records' ground-truth ``evidence`` token indices first (a reference; needs ``evidence``).
 
 Retention = accuracy / uncompressed accuracy, overall and per question type (the records' ``qtype`` field).
@@ -28,11 +29,12 @@ from tqdm.auto import tqdm
 from .baselines import PresetScores, RandomScores, UniformScores, fastv_generate, oracle_scores
 from .data import build_batch, normalise_answer
 from .explain import visual_relevance
+from .occlusion import occlusion_relevance
 from .selection import keep_count
 
 __all__ = ["METHODS", "EvalSettings", "evaluate", "prefill_flops"]
 
-METHODS = ("ours", "attention", "uniform", "random", "fastv", "teacher", "oracle")
+METHODS = ("ours", "attention", "uniform", "random", "fastv", "teacher", "occlusion", "oracle")
 
 
 @dataclass
@@ -63,6 +65,7 @@ class _Batch:
     inputs: dict[str, torch.Tensor]
     segment_sizes: list[list[int]] = field(default_factory=list)
     teacher: list[torch.Tensor] = field(default_factory=list)
+    occlusion: list[torch.Tensor] = field(default_factory=list)
 
 
 def _cut_at_eos(model, sequences: torch.Tensor, prompt: int) -> list[torch.Tensor]:
@@ -99,9 +102,9 @@ def _segment_sizes(model, inputs: dict[str, torch.Tensor]) -> list[list[int]]:
 
 
 def _preset(method: str, batch: _Batch) -> list[torch.Tensor]:
-    if method == "teacher":
+    if method in ("teacher", "occlusion"):
         out = []
-        for sizes, relevance in zip(batch.segment_sizes, batch.teacher, strict=True):
+        for sizes, relevance in zip(batch.segment_sizes, getattr(batch, method), strict=True):
             out += list(torch.split(relevance, sizes))
         return out
     out = []
@@ -185,6 +188,7 @@ def evaluate(
         "uniform": UniformScores(),
         "random": RandomScores(settings.seed),
         "teacher": PresetScores(),
+        "occlusion": PresetScores(),
         "oracle": PresetScores(),
     }
     batches = [
@@ -205,6 +209,10 @@ def evaluate(
             full += _right(tokenizer, answers, batch.records)
             if "teacher" in methods:
                 batch.teacher = visual_relevance(model, batch.inputs, answers)
+            if "occlusion" in methods:
+                for record, answer in zip(batch.records, answers, strict=True):
+                    one = {k: v.to(model.device) for k, v in build_batch(processor, [record]).items()}
+                    batch.occlusion.append(occlusion_relevance(model, one, answer))
             for sizes in batch.segment_sizes:
                 total_tokens += sum(sizes)
                 for keep in keeps:
@@ -216,7 +224,7 @@ def evaluate(
                 hits = correct[method].setdefault(keep, [])
                 for batch in batches:
                     model.config.token_keep = 1.0 if method == "fastv" else keep
-                    if method in ("teacher", "oracle"):
+                    if isinstance(model.compressor, PresetScores):
                         model.compressor.load(_preset(method, batch))
                     fastv = (keep, settings.fastv_k) if method == "fastv" else None
                     hits += _right(tokenizer, _answers(model, batch, settings.max_new_tokens, fastv), batch.records)
@@ -228,7 +236,7 @@ def evaluate(
             flops["none"] = {"1.0": prefill_flops(model, first, "attention", 1.0)}
             for method in methods:
                 model.compressor = modules.get(method)
-                if method in ("teacher", "oracle"):
+                if isinstance(model.compressor, PresetScores):
                     model.compressor = UniformScores()  # same cost as preset scores
                 flops[method] = {str(k): prefill_flops(model, first, method, k, settings.fastv_k) for k in keeps}
     finally:

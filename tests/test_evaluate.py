@@ -109,7 +109,16 @@ def test_every_method_runs_and_restores_the_model(setup):
     ours.config.token_keep, ours.compressor = 0.5, None
     result = evaluate(ours, processor, records, compressor, EvalSettings(keeps=(1.0, 0.5), max_new_tokens=2))
     assert (ours.config.token_keep, ours.compressor) == (0.5, None)
-    assert set(result["accuracy"]) == {"ours", "attention", "uniform", "random", "fastv", "teacher", "oracle"}
+    assert set(result["accuracy"]) == {
+        "ours",
+        "attention",
+        "uniform",
+        "random",
+        "fastv",
+        "teacher",
+        "occlusion",
+        "oracle",
+    }
     assert set(result["counts"]) == {"all", "colour", "exists", "left_of", "below", "count"}
     flops = result["flops"]
     assert flops["ours"]["0.5"]["llm"] < 0.7 * flops["none"]["1.0"]["llm"]
