@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Small-model tests and demos run much faster single-threaded on a shared 2-core machine.
 RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup test lint demo bench clean
+.PHONY: help setup test lint demo demo-quick organism ship-compressor bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,8 +29,20 @@ lint: $(STAMP)  ## ruff check + format check
 	$(BIN)/ruff check hf_tokcomp tests benchmarks
 	$(BIN)/ruff format --check hf_tokcomp tests benchmarks
 
-demo: $(STAMP)  ## one compressed generate call on a tiny Qwen2-VL built in code
-	$(RUN) $(BIN)/python -m hf_tokcomp.demo
+demo: $(STAMP)  ## the whole pipeline on the shipped organism: label, train a compressor, evaluate (~5 min)
+	$(RUN) $(BIN)/python -m hf_tokcomp.demo --out demo_out
+
+demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the baselines (~2 min)
+	$(RUN) $(BIN)/python -m hf_tokcomp.demo --quick --out demo_out
+
+organism: $(STAMP)  ## train the organism from scratch (seeded, resumable; ~1 h on 1 core) and install its weights
+	$(RUN) $(BIN)/python -m hf_tokcomp.organism.train --out runs/organism
+	rm -rf hf_tokcomp/organism/weights && cp -r runs/organism/final hf_tokcomp/organism/weights
+	$(RUN) $(BIN)/python -m hf_tokcomp.organism.report --out benchmarks/results/organism.md
+
+ship-compressor: demo  ## install the compressor trained by `make demo` as the shipped organism compressor
+	rm -rf hf_tokcomp/organism/compressor && mkdir -p hf_tokcomp/organism/compressor
+	cp demo_out/compressor/config.json demo_out/compressor/model.safetensors hf_tokcomp/organism/compressor/
 
 bench: $(STAMP)  ## speed, memory, FLOPs vs stock and FastV (scaled-down Qwen2-VL-2B, CPU, ~15 min)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed.py --batch8-visual-tokens 256

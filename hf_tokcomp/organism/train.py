@@ -94,13 +94,14 @@ def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate(model, processor, samples: list[Sample], batch_size: int = 100) -> dict[str, float]:
-    """Greedy answer accuracy per question type (and ``all``) on ``samples``."""
+def validate(model, processor, samples: list[Sample], batch_size: int = 100, blank: bool = False) -> dict[str, float]:
+    """Greedy answer accuracy per question type (and ``all``) on ``samples`` (with ``blank``: every image
+    replaced by an empty background, the control that shows the model uses the image)."""
     model.eval()
     hits: dict[str, list[bool]] = {}
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        batch = encode_samples(processor, chunk, with_answers=True)
+        batch = encode_samples(processor, chunk, with_answers=True, blank=blank)
         labels = batch.pop("labels")
         correct = answer_accuracy(model(**batch).logits, labels)
         for sample, ok in zip(chunk, correct.tolist(), strict=True):
