@@ -34,7 +34,7 @@ def tiny_vila_tokenizer() -> LlamaTokenizer:
     vocab |= {f"<0x{b:02X}>": 3 + b for b in range(256)}
     for piece in ["▁", *string.ascii_letters, *string.digits, *string.punctuation]:
         vocab.setdefault(piece, len(vocab))
-    tokenizer = LlamaTokenizer(vocab=vocab, merges=[], legacy=False, add_prefix_space=True)
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=[], legacy=False, add_prefix_space=True, add_bos_token=True)
     tokenizer.add_special_tokens({"additional_special_tokens": list(TEMPLATE_TOKENS)})
     return tokenizer
 
