@@ -89,7 +89,7 @@ def test_images_resized_without_keeping_aspect_ratio(processor):
     )
     assert pixels["pixel_values"].shape == (2, 3, 28, 28)
     torch.testing.assert_close(pixels["pixel_values"][0, :, 5, 5], torch.tensor([1.0, -1.0, -0.6]))
-    assert pixels["attention_mask"].tolist()[0][0] == 1 and pixels["attention_mask"].tolist()[1][0] == 0  # left pad
+    assert pixels["attention_mask"][:, 0].tolist() == [0, 1]  # the shorter prompt is padded on the left
 
 
 def test_bad_inputs_raise(processor):
