@@ -353,3 +353,15 @@ def test_registry_and_auto_config(checkpoint):
 
     model = load_compressed_model(str(checkpoint), token_keep=0.5)
     assert isinstance(model, hf_tokcomp.VilaForConditionalGeneration) and model.config.token_keep == 0.5
+
+
+def test_load_options_reach_every_part(checkpoint, processor, ours):
+    eager = hf_tokcomp.VilaForConditionalGeneration.from_pretrained(checkpoint, attn_implementation="eager")
+    assert eager.llm.config._attn_implementation == eager.vision_tower.config._attn_implementation == "eager"
+    assert eager.config.llm_cfg is eager.llm.config
+    inputs = batch_inputs(processor, BATCHES["mixed"])
+    with torch.no_grad():
+        real = inputs["attention_mask"].bool()  # padded rows are fully masked: kernels differ there
+        torch.testing.assert_close(eager(**inputs).logits[real], ours(**inputs).logits[real], rtol=1e-5, atol=1e-5)
+    half = hf_tokcomp.VilaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}

@@ -8,6 +8,7 @@ post-layernorm may be absent: VILA's forward never runs them.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -138,6 +139,7 @@ def load_original(cls, path: str | os.PathLike, **kwargs: Any):
     tower, tower_info = SiglipVisionModel.from_pretrained(
         str(path), subfolder=FOLDERS["vision_tower_cfg"], **sub_kwargs
     )
+    attention = {"llm_cfg": llm.config._attn_implementation, "vision_tower_cfg": tower.config._attn_implementation}
     projector_cfg = _read_json(path, f"{FOLDERS['mm_projector_cfg']}/config.json", hub)
     config = _root_config(
         root | {"llm_cfg": llm.config, "vision_tower_cfg": tower.config, "mm_projector_cfg": projector_cfg},
@@ -157,9 +159,11 @@ def load_original(cls, path: str | os.PathLike, **kwargs: Any):
             f"initialised or dropped weights: {problems}"
         )
 
-    config._attn_implementation_internal = llm.config._attn_implementation
-    with torch.device("meta"):
-        model = cls(config)
+    # building the config reset the parts' attention implementations: put back what each part was loaded with
+    config._attn_implementation = {"": attention["llm_cfg"]} | attention
+    with torch.device("meta"):  # a shell without weights; its __init__ must not touch the loaded parts' configs
+        model = cls(copy.deepcopy(config))
+    model.config = config  # whose llm_cfg / vision_tower_cfg ARE the loaded parts' configs
     model.llm, model.vision_tower = llm, tower
     model.mm_projector = projector.to(llm.get_input_embeddings().weight.device)
     model.generation_config = llm.generation_config
