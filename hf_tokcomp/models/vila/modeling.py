@@ -86,11 +86,11 @@ class VilaPreTrainedForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 f"`pixel_values` must be (images, 3, height, width), got shape {tuple(pixel_values.shape)}; build it "
                 "with VilaProcessor."
             )
-        tower_dtype = self.vision_tower.embeddings.patch_embedding.weight.dtype
-        out = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True)
+        tower = self.vision_tower.embeddings.patch_embedding.weight
+        out = self.vision_tower(pixel_values.to(tower.device, tower.dtype), output_hidden_states=True)
         features = out.hidden_states[self.config.mm_vision_select_layer]  # no post-layernorm, no head
-        projector_dtype = self.mm_projector.layers[2].weight.dtype
-        return self.mm_projector(features.to(projector_dtype), self.config.token_order)
+        projector = self.mm_projector.layers[2].weight
+        return self.mm_projector(features.to(projector.device, projector.dtype), self.config.token_order)
 
     def get_video_features(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         """``(V, F, 3, S, S)`` frames -> ``(V, F, T, hidden)``: every frame is encoded as an image."""
