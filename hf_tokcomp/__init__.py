@@ -14,6 +14,9 @@ from .models import (  # noqa: E402
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLCompressionConfig,
     Qwen2VLForConditionalGeneration,
+    VilaConfig,
+    VilaForConditionalGeneration,
+    VilaProcessor,
 )
 from .selection import SampleSelection  # noqa: E402
 
@@ -25,6 +28,7 @@ def _register_auto_classes() -> None:
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     AutoConfig.register(TokCompConfig.model_type, TokCompConfig, exist_ok=True)
+    AutoConfig.register(VilaConfig.model_type, VilaConfig, exist_ok=True)  # VILA1.5 root configs
     AutoModelForImageTextToText.register(TokCompConfig, TokCompForImageTextToText, exist_ok=True)
 
 
@@ -42,5 +46,8 @@ __all__ = [
     "TokCompForImageTextToText",
     "TokenCompressor",
     "TokenCompressorConfig",
+    "VilaConfig",
+    "VilaForConditionalGeneration",
+    "VilaProcessor",
     "__version__",
 ]

@@ -44,6 +44,11 @@ _REMOTE_MODULES = (
     "models.qwen2_vl",
     "models.qwen2_5_vl",
     "models.llava_onevision",
+    "models.vila.config",
+    "models.vila.projector",
+    "models.vila.templates",
+    "models.vila.checkpoint.loading",
+    "models.vila.modeling",
     "models.registry",
 )
 _CARDS = Path(__file__).resolve().parent.parent / "hub_cards"

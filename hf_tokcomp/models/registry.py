@@ -5,6 +5,7 @@ from __future__ import annotations
 from .llava_onevision import LlavaOnevisionForConditionalGeneration
 from .qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
 from .qwen2_vl import Qwen2VLForConditionalGeneration
+from .vila import VilaForConditionalGeneration
 
 __all__ = ["MODEL_CLASSES", "load_compressed_model"]
 
@@ -13,6 +14,7 @@ MODEL_CLASSES = {
     "qwen2_vl": Qwen2VLForConditionalGeneration,
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
     "llava_onevision": LlavaOnevisionForConditionalGeneration,
+    "llava_llama": VilaForConditionalGeneration,  # VILA1.5 (original three-folder layout)
 }
 
 
