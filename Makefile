@@ -37,7 +37,8 @@ demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the ba
 
 organism: $(STAMP)  ## train the organism from scratch (seeded, resumable; ~1 h on 1 core) and install its weights
 	$(RUN) $(BIN)/python -m hf_tokcomp.organism.train --out runs/organism
-	rm -rf hf_tokcomp/organism/weights && cp -r runs/organism/final hf_tokcomp/organism/weights
+	rm -rf hf_tokcomp/organism/weights hf_tokcomp/organism/compressor && cp -r runs/organism/final hf_tokcomp/organism/weights
+	@echo "the shipped compressor was trained for the old weights and is removed: run make ship-compressor"
 	$(RUN) $(BIN)/python -m hf_tokcomp.organism.report --out benchmarks/results/organism.md
 
 ship-compressor: demo  ## install the compressor trained by `make demo` as the shipped organism compressor

@@ -54,7 +54,6 @@ def _eval(args: argparse.Namespace) -> None:
     from .models import load_compressed_model
     from .processor import load_processor
     from .report import eval_markdown, eval_plot
-    from .resolve import resolve_compressor
 
     settings = EvalSettings(
         keeps=tuple(args.keeps),
@@ -73,7 +72,8 @@ def _eval(args: argparse.Namespace) -> None:
     processor = load_processor(args.processor or args.model)
     compressor = None
     if args.compressor is not None:
-        compressor, _ = resolve_compressor(args.compressor, model.config.model_type, model._tokcomp_in_channels)
+        model.set_compressor(args.compressor)  # checks the compressor against this base model
+        compressor, model.compressor = model.compressor, None
     elif "ours" in settings.methods:
         raise ValueError("--compressor is required for the `ours` method (or pass --methods without `ours`)")
     result = evaluate(model, processor, records, compressor, settings)
@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a dataset through the model; per sample store the compressor's input "
         "features and the GAE relevance of its visual tokens. Resumes after an interruption.",
     )
-    label.add_argument("--model", required=True, help="model directory or Hub id (Qwen2-VL, Qwen2.5-VL, LLaVA-OV)")
+    label.add_argument(
+        "--model", required=True, help="model directory or Hub id (Qwen2-VL, Qwen2.5-VL, LLaVA-OV, VILA1.5)"
+    )
     label.add_argument("--data", required=True, help="JSONL (image path(s), question[, answer]) or a datasets dataset")
     label.add_argument("--out", required=True, help="label directory (created; resumed if it exists)")
     label.add_argument("--processor", default=None, help="processor directory (default: --model)")
@@ -137,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="retention of the compressor vs baselines at several keep ratios",
         description="Accuracy of every method (learned compressor, layer-0 attention, uniform, random, FastV, "
-        "GAE teacher, evidence oracle) at each keep ratio, and retention = accuracy / uncompressed accuracy, "
-        "overall and per `qtype`; writes OUT/eval.json, eval.md and eval.png.",
+        "GAE teacher, occlusion teacher, evidence oracle) at each keep ratio, and retention = accuracy / "
+        "uncompressed accuracy, overall and per `qtype`; writes OUT/eval.json, eval.md and eval.png.",
     )
     evaluate.add_argument("--model", required=True, help="model directory or Hub id")
     evaluate.add_argument("--compressor", default=None, help="compressor directory / Hub id (the `ours` method)")

@@ -18,7 +18,6 @@ Retention = accuracy / uncompressed accuracy, overall and per question type (the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .baselines import PresetScores, RandomScores, UniformScores, fastv_generate, oracle_scores
+from .baselines import _van_der_corput as _uniform_order
 from .data import build_batch, normalise_answer
 from .explain import visual_relevance
 from .occlusion import occlusion_relevance
@@ -39,6 +39,9 @@ METHODS = ("ours", "attention", "uniform", "random", "fastv", "teacher", "occlus
 
 @dataclass
 class EvalSettings:
+    """What :func:`evaluate` measures: ``methods`` (see :data:`METHODS`) at each of ``keeps``; ``fastv_k``
+    None = 2 (the paper's K), or 1 for a 2-layer LLM; ``flops``: also count prefill FLOPs per method and keep."""
+
     keeps: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.1)
     methods: tuple[str, ...] = METHODS
     batch_size: int = 32
@@ -49,11 +52,13 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"`methods` must be a non-empty subset of {list(METHODS)}, got {list(self.methods)}")
+        if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(
+                f"`methods` must be distinct names from {list(METHODS)}, got {list(self.methods)}; pick from the list"
+            )
         bad = [k for k in self.keeps if not (isinstance(k, (int, float)) and 0 < k <= 1)]
         if bad or not self.keeps:
-            raise ValueError(f"`keeps` must be values in (0, 1], got {list(self.keeps)}")
+            raise ValueError(f"`keeps` must be values in (0, 1] (e.g. 1 0.5 0.25), got {list(self.keeps)}")
         for name in ("batch_size", "max_new_tokens", "fastv_k"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
@@ -79,14 +84,20 @@ def _cut_at_eos(model, sequences: torch.Tensor, prompt: int) -> list[torch.Tenso
     return out
 
 
+def _on(model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(model.device) for k, v in inputs.items()}
+
+
 def _answers(model, batch: _Batch, max_new_tokens: int, fastv: tuple[float, int] | None = None) -> list[torch.Tensor]:
-    """Greedy answers (token ids, end-of-sequence excluded) with the model's current settings, or FastV's."""
+    """Greedy answers (token ids on the CPU, end-of-sequence excluded) with the model's current settings, or
+    FastV's. The batch's inputs stay on the CPU between calls (only one batch is on the device at a time)."""
+    inputs = _on(model, batch.inputs)
     with torch.no_grad():
         if fastv is None:
-            out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         else:
-            out = fastv_generate(model, batch.inputs, fastv[0], k=fastv[1], max_new_tokens=max_new_tokens).sequences
-    return _cut_at_eos(model, out, batch.inputs["input_ids"].shape[1])
+            out = fastv_generate(model, inputs, fastv[0], k=fastv[1], max_new_tokens=max_new_tokens).sequences
+    return [a.cpu() for a in _cut_at_eos(model, out, inputs["input_ids"].shape[1])]
 
 
 def _right(tokenizer, answers: list[torch.Tensor], records: list[dict[str, Any]]) -> list[bool]:
@@ -95,6 +106,7 @@ def _right(tokenizer, answers: list[torch.Tensor], records: list[dict[str, Any]]
 
 
 def _segment_sizes(model, inputs: dict[str, torch.Tensor]) -> list[list[int]]:
+    inputs = _on(model, inputs)
     visual = {k: inputs.get(k) for k in model._tokcomp_visual_keys}
     with torch.no_grad():
         merged = model._tokcomp_merge(inputs["input_ids"], visual)
@@ -105,17 +117,35 @@ def _preset(method: str, batch: _Batch) -> list[torch.Tensor]:
     if method in ("teacher", "occlusion"):
         out = []
         for sizes, relevance in zip(batch.segment_sizes, getattr(batch, method), strict=True):
-            out += list(torch.split(relevance, sizes))
+            if relevance.numel() != sum(sizes) or not relevance.abs().sum() > 0:
+                # an empty uncompressed answer has no relevance: spend the budget like the uniform baseline
+                out += [-_uniform_order(n) for n in sizes]
+            else:
+                out += list(torch.split(relevance, sizes))
         return out
     out = []
     for sizes, record in zip(batch.segment_sizes, batch.records, strict=True):
         if len(sizes) != 1:
-            raise ValueError(f"the `oracle` method needs one visual segment per sample, got {len(sizes)}")
+            raise ValueError(
+                f"the `oracle` method needs one visual segment per sample (evidence indexes one image), got a sample "
+                f"with {len(sizes)}; leave `oracle` out of `methods` for this data"
+            )
         out.append(oracle_scores(sizes[0], list(record["evidence"])))
     return out
 
 
 _VISION_ATTRS = ("visual", "vision_tower", "multi_modal_projector", "mm_projector")
+
+
+def _flop_names(model, attrs: tuple[str, ...]) -> set[str]:
+    """The names ``FlopCounterMode`` may file these sub-modules' FLOPs under: their class name when called on
+    their own, ``<Top>.<path>`` when called inside the model's forward."""
+    top = type(model).__name__
+    names = set()
+    for path, module in model.named_modules():
+        if path and path.split(".")[-1] in attrs and path.count(".") <= 1:
+            names |= {type(module).__name__, f"{top}.{path}"}
+    return names
 
 
 def prefill_flops(model, inputs: dict[str, torch.Tensor], method: str, keep: float, fastv_k: int = 2) -> dict:
@@ -135,12 +165,8 @@ def prefill_flops(model, inputs: dict[str, torch.Tensor], method: str, keep: flo
     finally:
         model.config.token_keep = saved
     counts = {name: sum(per_op.values()) for name, per_op in counter.get_flop_counts().items()}
-    inner = getattr(model, "model", model)
-    vision_names = {type(getattr(inner, a)).__name__ for a in _VISION_ATTRS if hasattr(inner, a)}
-    vision_suffixes = tuple(f".model.{a}" for a in _VISION_ATTRS)
-    vision = sum(v for k, v in counts.items() if k in vision_names or k.endswith(vision_suffixes))
-    compressor_name = type(model.compressor).__name__ if model.compressor is not None else None
-    compressor = sum(v for k, v in counts.items() if k == compressor_name or k.endswith(".compressor"))
+    vision = sum(v for k, v in counts.items() if k in _flop_names(model, _VISION_ATTRS))
+    compressor = sum(v for k, v in counts.items() if k in _flop_names(model, ("compressor",)))
     total = counts.get("Global", 0)
     return {"total": total, "vision": vision, "compressor": compressor, "llm": total - vision - compressor}
 
@@ -163,15 +189,29 @@ def evaluate(
 
     Returns:
         A JSON-able dict: ``accuracy[method][keep][qtype]`` (``qtype`` includes ``"all"``), ``retention`` (same
-        layout, accuracy / uncompressed accuracy), ``visual_tokens[keep]`` (mean kept per sample),
+        layout, accuracy / uncompressed accuracy; None where the uncompressed accuracy is 0),
+        ``visual_tokens[keep]`` (mean kept per sample),
         ``flops[method][keep]`` (:func:`prefill_flops` of the first sample; ``flops["none"]["1.0"]``: uncompressed),
         ``counts[qtype]``, ``settings``.
     """
     settings = settings or EvalSettings()
-    if settings.fastv_k is None:
-        layers = model.config.get_text_config().num_hidden_layers
-        settings = EvalSettings(**{**asdict(settings), "fastv_k": min(2, layers - 1)})
     methods = list(settings.methods)
+    if len(records) == 0:
+        raise ValueError("`records` is empty: nothing to evaluate")
+    if "fastv" in methods:
+        layers = model.config.get_text_config().num_hidden_layers
+        lm = getattr(getattr(model, "model", None), "language_model", None)
+        if lm is None or layers < 2:
+            raise ValueError(
+                f"the `fastv` method is not available for {type(model).__name__} ({layers} LLM layers; FastV needs "
+                "a `model.model.language_model` with at least 2 layers); leave `fastv` out of `methods`"
+            )
+        if settings.fastv_k is None:
+            settings = EvalSettings(**{**asdict(settings), "fastv_k": min(2, layers - 1)})
+        elif not 0 < settings.fastv_k < layers:
+            raise ValueError(
+                f"`fastv_k` must be in [1, {layers - 1}] for this {layers}-layer LLM, got {settings.fastv_k}"
+            )
     if "ours" in methods and compressor is None:
         raise ValueError("`compressor` is required for the `ours` method (or leave `ours` out of `methods`)")
     if "oracle" in methods and any("evidence" not in r for r in records):
@@ -179,6 +219,10 @@ def evaluate(
     missing = [i for i, r in enumerate(records) if r.get("answer") is None]
     if missing:
         raise ValueError(f"every record needs an `answer`; records {missing[:5]} have none")
+    records = [dict(r) | {"qtype": str(r.get("qtype") if r.get("qtype") is not None else "all")} for r in records]
+    if compressor is not None:
+        compressor = compressor.to(model.device).eval()
+    model.eval()
     tokenizer = getattr(processor, "tokenizer", processor)
     keeps = sorted({float(k) for k in settings.keeps} - {1.0}, reverse=True)
     saved = (model.compressor, model.config.token_keep)
@@ -191,9 +235,7 @@ def evaluate(
         "occlusion": PresetScores(),
         "oracle": PresetScores(),
     }
-    batches = [
-        _Batch(list(records[i : i + settings.batch_size]), {}) for i in range(0, len(records), settings.batch_size)
-    ]
+    batches = [_Batch(records[i : i + settings.batch_size], {}) for i in range(0, len(records), settings.batch_size)]
     correct: dict[str, dict[float, list[bool]]] = {m: {} for m in methods}
     full: list[bool] = []
     kept_tokens: dict[float, int] = dict.fromkeys(keeps, 0)
@@ -203,15 +245,15 @@ def evaluate(
     try:
         model.config.token_keep = 1.0
         for batch in batches:
-            batch.inputs = {k: v.to(model.device) for k, v in build_batch(processor, batch.records).items()}
+            batch.inputs = build_batch(processor, batch.records)
             batch.segment_sizes = _segment_sizes(model, batch.inputs)
             answers = _answers(model, batch, settings.max_new_tokens)
             full += _right(tokenizer, answers, batch.records)
             if "teacher" in methods:
-                batch.teacher = visual_relevance(model, batch.inputs, answers)
+                batch.teacher = visual_relevance(model, _on(model, batch.inputs), answers)
             if "occlusion" in methods:
                 for record, answer in zip(batch.records, answers, strict=True):
-                    one = {k: v.to(model.device) for k, v in build_batch(processor, [record]).items()}
+                    one = _on(model, build_batch(processor, [record]))
                     batch.occlusion.append(occlusion_relevance(model, one, answer))
             for sizes in batch.segment_sizes:
                 total_tokens += sum(sizes)
@@ -228,10 +270,12 @@ def evaluate(
                         model.compressor.load(_preset(method, batch))
                     fastv = (keep, settings.fastv_k) if method == "fastv" else None
                     hits += _right(tokenizer, _answers(model, batch, settings.max_new_tokens, fastv), batch.records)
+                    if isinstance(model.compressor, PresetScores) and model.compressor.queue:
+                        raise RuntimeError(f"{method}: {len(model.compressor.queue)} preset segment(s) were not scored")
                     bar.update(1)
         flops: dict[str, dict[str, int]] = {}
         if settings.flops:
-            first = {k: v.to(model.device) for k, v in build_batch(processor, [records[0]]).items()}
+            first = _on(model, build_batch(processor, [records[0]]))
             model.compressor = None
             flops["none"] = {"1.0": prefill_flops(model, first, "attention", 1.0)}
             for method in methods:
@@ -243,7 +287,7 @@ def evaluate(
         bar.close()
         model.compressor, model.config.token_keep = saved
 
-    qtypes = sorted({str(r.get("qtype", "all")) for r in records} - {"all"})
+    qtypes = sorted({r["qtype"] for r in records} - {"all"})
 
     def by_type(hits: list[bool]) -> dict[str, float]:
         out = {"all": sum(hits) / len(hits)}
@@ -255,7 +299,7 @@ def evaluate(
     base = by_type(full)
     accuracy = {m: {"1.0": base} | {str(k): by_type(correct[m][k]) for k in keeps} for m in methods}
     retention = {
-        m: {k: {q: (a / base[q] if base[q] else math.nan) for q, a in per.items()} for k, per in acc.items()}
+        m: {k: {q: (a / base[q] if base[q] else None) for q, a in per.items()} for k, per in acc.items()}
         for m, acc in accuracy.items()
     }
     return {

@@ -30,8 +30,10 @@ def occlusion_relevance(
         model: an hf_tokcomp model (its compression is not used).
         inputs: processor output for ONE sample.
         answer_ids: ``(T,)`` answer token ids (e.g. the model's greedy answer).
-        chunk: occluded copies run per forward.
+        chunk: sequences per forward (the unoccluded one and ``chunk - 1`` occluded copies).
     """
+    if chunk < 2:
+        raise ValueError(f"`chunk` must be >= 2 (the unoccluded copy runs in every chunk), got {chunk}")
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError(
             f"occlusion_relevance takes one sample at a time, got a batch of {inputs['input_ids'].shape[0]}"
@@ -73,11 +75,16 @@ def occlusion_relevance(
         picked = logp.gather(-1, target.clamp_min(0)[..., None])[..., 0]
         return (picked * (target != -100)).sum(-1)
 
-    base = answer_logprob(mask.bool())[0]
     drops = []
-    for start in range(0, where.numel(), chunk):
-        cols = where[start : start + chunk]
-        keep = mask.bool().expand(cols.numel(), -1).clone()
-        keep[torch.arange(cols.numel()), cols] = False
-        drops.append(base - answer_logprob(keep))
+    training, _ = model.training, model.eval()
+    try:
+        for start in range(0, where.numel(), chunk - 1):
+            cols = where[start : start + chunk - 1]
+            # row 0 is the unoccluded sequence, in the same batch as the occluded ones (same kernels, same padding)
+            keep = mask.bool().expand(cols.numel() + 1, -1).clone()
+            keep[torch.arange(1, cols.numel() + 1), cols] = False
+            logprob = answer_logprob(keep)
+            drops.append(logprob[0] - logprob[1:])
+    finally:
+        model.train(training)
     return torch.cat(drops).cpu() if drops else torch.zeros(0)

@@ -8,8 +8,8 @@ from typing import Any
 __all__ = ["eval_markdown", "eval_plot"]
 
 
-def _pct(value: float) -> str:
-    return "n/a" if value != value else f"{100 * value:.1f}"
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def eval_markdown(result: dict[str, Any]) -> str:
@@ -62,7 +62,10 @@ def eval_plot(result: dict[str, Any], path: str | Path) -> None:
     xs = [float(k) for k in keeps]
     for ax, panel in zip(axes.flat, panels, strict=False):
         for method in result["methods"]:
-            ys = [100 * result["retention"][method][k][panel] for k in keeps]
+            ys = [result["retention"][method][k][panel] for k in keeps]
+            if any(y is None for y in ys):
+                continue  # the uncompressed model never answers this type: retention is undefined
+            ys = [100 * y for y in ys]
             style = "-o" if method == "ours" else "--." if method in ("teacher", "oracle") else "-."
             ax.plot(xs, ys, style, label=method, linewidth=2.2 if method == "ours" else 1.2)
         ax.set_title(f"{panel} (n={result['counts'][panel]})")

@@ -153,3 +153,27 @@ def test_cli_eval_writes_json_markdown_and_plot(setup, tmp_path, capsys):
     assert "| ours |" in (tmp_path / "out" / "eval.md").read_text()
     assert tokcomp(argv[:3] + argv[5:] + ["--methods", "ours"]) == 2
     assert "--compressor is required" in capsys.readouterr().err
+
+
+def test_preset_scores_refuse_a_wrong_segment_count():
+    from hf_tokcomp.baselines import PresetScores
+
+    preset = PresetScores()
+    preset.load([torch.zeros(4)])
+    with pytest.raises(ValueError, match="4 tokens|segment of 5"):
+        preset(torch.zeros(1, 1, 5))
+    preset.load([])
+    with pytest.raises(RuntimeError, match="more segments"):
+        preset(torch.zeros(1, 1, 5))
+
+
+def test_bad_records_raise(setup):
+    _, _, ours, processor = setup
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(ours, processor, [], None, EvalSettings(methods=("attention",)))
+    records = _records(2)
+    del records[1]["evidence"]
+    with pytest.raises(ValueError, match="evidence"):
+        evaluate(ours, processor, records, None, EvalSettings(methods=("oracle",)))
+    with pytest.raises(ValueError, match="`compressor` is required"):
+        evaluate(ours, processor, _records(2), None, EvalSettings(methods=("ours",)))

@@ -15,7 +15,7 @@ def test_occlusion_is_the_answer_logprob_drop_of_the_stock_model(stock, ours):
     inputs = make_qwen_inputs([parts], stock.config)
     with_answer = make_qwen_inputs([[*parts, ("text", answer)]], stock.config)
     inputs["pixel_values"] = with_answer["pixel_values"]  # pixels are seeded by the sample's content
-    relevance = occlusion_relevance(ours, inputs, torch.tensor(answer))
+    relevance = occlusion_relevance(ours, inputs, torch.tensor(answer), chunk=4)  # chunks of 3 + the full copy
 
     ids = with_answer["input_ids"][0].tolist()
     visual = [i for i, t in enumerate(ids) if t == stock.config.image_token_id]

@@ -1,11 +1,14 @@
 """The organism's batches and training script (tiny settings; the shipped weights are tested separately)."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import hf_tokcomp.organism.train as train_module
 from hf_tokcomp.organism.model import encode_samples, organism_processor
 from hf_tokcomp.organism.task import make_split
 from hf_tokcomp.organism.train import OrganismTrainArguments, train_organism
@@ -34,22 +37,38 @@ def _args(out, steps):
         eval_every=2,
         val_samples=5,
         warmup=2,
+        stage_min=1,
+        stage_budget=2,  # a curriculum stage change every 2 steps
     )
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    straight = train_organism(_args(tmp_path / "a", 4), progress=False)
-    train_organism(_args(tmp_path / "b", 2), progress=False)
-    resumed = train_organism(_args(tmp_path / "b", 4), progress=False)
+def test_ctrl_c_then_resume_gives_the_same_weights_as_one_run(tmp_path, monkeypatch):
+    straight = train_organism(_args(tmp_path / "a", 7), progress=False)
+    calls = []
+
+    def batch_then_ctrl_c(processor, scenes):
+        calls.append(1)
+        if len(calls) == 3:  # a real SIGINT in the middle of step 3 (not at a checkpoint step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_batch(processor, scenes)
+
+    real_batch = train_module._training_batch
+    monkeypatch.setattr(train_module, "_training_batch", batch_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train_organism(_args(tmp_path / "b", 7), progress=False)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
+    monkeypatch.setattr(train_module, "_training_batch", real_batch)
+    resumed = train_organism(_args(tmp_path / "b", 7), progress=False)
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [2, 4] and set(log[0]["val"]) >= {"all", "colour"}
+    assert [r["step"] for r in log] == [2, 4, 6, 7] and [r["stage"] for r in log] == [0, 1, 2, 3]
+    assert set(log[0]["val"]) >= {"all", "colour"}
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
     train_organism(_args(tmp_path, 2), progress=False)
-    other = _args(tmp_path, 4)
+    other = _args(tmp_path, 2)
     other.lr = 1e-2
     with pytest.raises(ValueError, match="other settings"):
         train_organism(other, progress=False)

@@ -365,3 +365,16 @@ def test_load_options_reach_every_part(checkpoint, processor, ours):
         torch.testing.assert_close(eager(**inputs).logits[real], ours(**inputs).logits[real], rtol=1e-5, atol=1e-5)
     half = hf_tokcomp.VilaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
+def test_prefill_flops_split_finds_the_vila_tower_on_every_path(processor, ours):
+    from hf_tokcomp.baselines import UniformScores
+    from hf_tokcomp.evaluate import prefill_flops
+
+    inputs = dict(batch_inputs(processor, ["image"]))
+    full = prefill_flops(ours, inputs, "attention", 1.0)
+    ours.compressor = UniformScores()
+    half = prefill_flops(ours, inputs, "ours", 0.5)
+    assert full["vision"] == half["vision"] > 0
+    assert full["compressor"] == half["compressor"] == 0  # UniformScores has no FLOPs
+    assert full["total"] == full["vision"] + full["llm"] and half["total"] == half["vision"] + half["llm"]

@@ -25,6 +25,8 @@ VISUAL_TOKENS = 64
 
 def organism_config(hidden_size: int = 128, num_layers: int = 2, vision_dim: int = 64) -> Qwen2VLConfig:
     """The organism's ``Qwen2VLConfig``: M-RoPE sections scaled to the 32-dim heads, 300-token vocabulary."""
+    if hidden_size < 32 or hidden_size % 32:
+        raise ValueError(f"`hidden_size` must be a positive multiple of 32 (32-dim heads), got {hidden_size}")
     heads = hidden_size // 32
     text = dict(
         vocab_size=300,

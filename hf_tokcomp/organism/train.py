@@ -6,7 +6,8 @@ the running training accuracy passes ``--advance-at`` (or a stage's step budget 
 per-visual-token shape/colour classifier (dropped after training) speeds up the early stages.
 
 A checkpoint (model, optimiser, schedule, curriculum, random states) is written atomically every
-``--eval-every`` steps and on Ctrl-C; running the same command again resumes from it. The end result,
+``--eval-every`` steps and on Ctrl-C (after the running step completes); running the same command again
+resumes from it, to the same weights as an uninterrupted run. The end result,
 ``OUT/final``, is a stock ``Qwen2VLForConditionalGeneration`` checkpoint with its processor.
 """
 
@@ -17,6 +18,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +56,7 @@ class OrganismTrainArguments:
     hidden_size: int = 128
     num_layers: int = 2
     advance_at: float = 0.9
+    stage_min: int = 100
     stage_budget: int = 1200
     aux_weight: float = 1.0
     eval_every: int = 250
@@ -60,7 +64,15 @@ class OrganismTrainArguments:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "scenes_per_step", "questions_per_scene", "eval_every", "val_samples", "stage_budget"):
+        for name in (
+            "steps",
+            "scenes_per_step",
+            "questions_per_scene",
+            "eval_every",
+            "val_samples",
+            "stage_min",
+            "stage_budget",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if not 0 < self.advance_at <= 1:
@@ -97,6 +109,7 @@ def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def validate(model, processor, samples: list[Sample], batch_size: int = 100, blank: bool = False) -> dict[str, float]:
     """Greedy answer accuracy per question type (and ``all``) on ``samples`` (with ``blank``: every image
     replaced by an empty background, the control that shows the model uses the image)."""
+    training = model.training
     model.eval()
     hits: dict[str, list[bool]] = {}
     for start in range(0, len(samples), batch_size):
@@ -107,7 +120,7 @@ def validate(model, processor, samples: list[Sample], batch_size: int = 100, bla
         for sample, ok in zip(chunk, correct.tolist(), strict=True):
             hits.setdefault(sample.qtype, []).append(ok)
             hits.setdefault("all", []).append(ok)
-    model.train()
+    model.train(training)
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
@@ -141,10 +154,14 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
     recent: deque[float] = deque(maxlen=100)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
-        saved = {k: v for k, v in ckpt["state"]["args"].items() if k not in ("steps", "out")}
-        mine = {k: v for k, v in asdict(args).items() if k not in ("steps", "out")}
+        saved = {k: v for k, v in ckpt["state"]["args"].items() if k != "out"}
+        mine = {k: v for k, v in asdict(args).items() if k != "out"}
         if saved != mine:
-            raise ValueError(f"{ckpt_path} was written with other settings {saved}; use another `--out`")
+            differ = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+            raise ValueError(
+                f"{ckpt_path} was written with other settings (saved, given): {differ}; resume with the saved "
+                "settings (the learning-rate schedule depends on them) or use another `--out`"
+            )
         model.load_state_dict(ckpt["model"])
         aux.load_state_dict(ckpt["aux"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -172,6 +189,10 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
     val = make_split("validation", args.val_samples, seed=args.seed)
     model.train()
     bar = tqdm(total=args.steps, initial=state["step"], disable=not progress, desc="organism")
+    interrupted: list[int] = []
+    main_thread = threading.current_thread() is threading.main_thread()  # signals can only be caught there
+    if main_thread:
+        previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         while state["step"] < args.steps:
             lo, hi, qtypes = STAGES[state["stage"]]
@@ -207,20 +228,25 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
             running = sum(recent) / len(recent)
             bar.set_postfix(stage=state["stage"], loss=f"{output.loss.item():.3f}", acc=f"{running:.3f}")
             in_stage = state["step"] - state["stage_start"]
-            if not final_stage and in_stage >= 100 and (running >= args.advance_at or in_stage >= args.stage_budget):
+            record = {"step": state["step"], "stage": state["stage"], "train_acc": running}
+            advance = running >= args.advance_at or in_stage >= args.stage_budget
+            if not final_stage and in_stage >= args.stage_min and advance:
                 state["stage"], state["stage_start"] = state["stage"] + 1, state["step"]
                 recent.clear()
             if state["step"] % args.eval_every == 0 or state["step"] == args.steps:
-                record = {"step": state["step"], "stage": state["stage"], "train_acc": running}
                 record["val"] = validate(model, processor, val)
+                checkpoint()
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 bar.write(json.dumps(record))
+            elif interrupted:
                 checkpoint()
-    except KeyboardInterrupt:
-        checkpoint()
-        bar.write(f"interrupted: checkpoint saved at step {state['step']} in {ckpt_path}; run again to resume")
-        raise
+            if interrupted:  # Ctrl-C: the step just finished is saved whole
+                bar.write(f"interrupted: checkpoint saved at step {state['step']} in {ckpt_path}; run again to resume")
+                raise KeyboardInterrupt
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
     bar.close()
     final = out / "final"
     model.save_pretrained(final)
