@@ -1,9 +1,13 @@
 """Train the organism from scratch on CPU: seeded, resumable, with a curriculum and a validation curve.
 
 ``python -m hf_tokcomp.organism.train --out runs/organism`` (``make organism``). Every step draws 16 scenes x
-8 questions; the vision tower runs once per scene. The curriculum moves 1 -> 2 -> 3-4 -> 3-6 objects when
-the running training accuracy passes ``--advance-at`` (or a stage's step budget runs out). An auxiliary
-per-visual-token shape/colour classifier (dropped after training) speeds up the early stages.
+8 questions; the vision tower runs once per scene. The curriculum stages are 1, 2, 3-4 and 3-6 objects; a stage
+ends when the running training accuracy passes ``--advance-at`` (or its step budget runs out). By default
+training starts at the 2-object stage with AdamW at 4e-3: measured here, starting from 1-object scenes at
+1.5e-3 the model learned to answer from the question TYPE and the image alone (its answers did not change with
+the question's colour and shape words) and stalled at 40% validation accuracy after 2,000 steps, while 4e-3
+from 2 objects began to use those words within 300 steps. An auxiliary per-visual-token shape/colour
+classifier (dropped after training) helps the vision tower in all but the last stage.
 
 A checkpoint (model, optimiser, schedule, curriculum, random states) is written atomically every
 ``--eval-every`` steps and on Ctrl-C (after the running step completes); running the same command again
@@ -48,14 +52,15 @@ STAGES = (
 @dataclass
 class OrganismTrainArguments:
     out: str
-    steps: int = 5000
+    steps: int = 4500
     scenes_per_step: int = 16
     questions_per_scene: int = 8
-    lr: float = 1.5e-3
+    lr: float = 4e-3
     warmup: int = 200
     hidden_size: int = 128
     num_layers: int = 2
     advance_at: float = 0.9
+    first_stage: int = 1
     stage_min: int = 100
     stage_budget: int = 1200
     aux_weight: float = 1.0
@@ -75,6 +80,8 @@ class OrganismTrainArguments:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.first_stage < len(STAGES):
+            raise ValueError(f"`first_stage` must be in [0, {len(STAGES) - 1}], got {self.first_stage}")
         if not 0 < self.advance_at <= 1:
             raise ValueError(f"`advance_at` must be in (0, 1], got {self.advance_at}")
 
@@ -150,7 +157,7 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, args))
     rng = random.Random(args.seed)
-    state = {"step": 0, "stage": 0, "stage_start": 0, "args": asdict(args)}
+    state = {"step": 0, "stage": args.first_stage, "stage_start": 0, "args": asdict(args)}
     recent: deque[float] = deque(maxlen=100)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
