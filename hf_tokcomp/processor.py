@@ -71,8 +71,13 @@ _OURS = {"ImageQwen2VLProcessor": ImageQwen2VLProcessor}
 
 
 def load_processor(path: str | os.PathLike, **kwargs) -> ProcessorMixin:
-    """The processor saved at ``path``: ours when its ``processor_config.json`` names one of ours, else
-    ``AutoProcessor``."""
+    """The processor saved at ``path``: :class:`~hf_tokcomp.VilaProcessor` for a VILA1.5 checkpoint, ours when
+    its ``processor_config.json`` names one of ours, else ``AutoProcessor``."""
+    root = Path(path) / "config.json"
+    if root.is_file() and json.loads(root.read_text()).get("model_type") == "llava_llama":
+        from .models.vila import VilaProcessor  # VILA1.5's original layout: tokenizer in llm/
+
+        return VilaProcessor.from_pretrained(path, **kwargs)
     config = Path(path) / "processor_config.json"
     if config.is_file():
         name = json.loads(config.read_text()).get("processor_class")

@@ -378,3 +378,26 @@ def test_prefill_flops_split_finds_the_vila_tower_on_every_path(processor, ours)
     assert full["vision"] == half["vision"] > 0
     assert full["compressor"] == half["compressor"] == 0  # UniformScores has no FLOPs
     assert full["total"] == full["vision"] + full["llm"] and half["total"] == half["vision"] + half["llm"]
+
+
+def test_label_and_eval_commands_drive_vila(checkpoint, processor, tmp_path):
+    """VilaProcessor speaks the message format, so `tokcomp label` and `tokcomp eval` work on VILA too."""
+    import shutil
+
+    from hf_tokcomp.cli import main as tokcomp
+
+    named = shutil.copytree(checkpoint, tmp_path / "VILA1.5-3b-tiny")  # the name tells the template (vicuna_v1)
+    for i in range(3):
+        picture(10 + i).save(tmp_path / f"{i}.png")
+    lines = [json.dumps({"image": f"{i}.png", "question": "What is in the picture?", "answer": "x"}) for i in range(3)]
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    assert processor.apply_chat_template(messages) == processor.apply_template(SAMPLES["image"][0])
+    common = ["--model", str(named), "--data", str(tmp_path / "data.jsonl"), "--max-new-tokens", "2"]
+    assert tokcomp(["label", *common, "--out", str(tmp_path / "labels")]) == 0
+    assert json.loads((tmp_path / "labels" / "manifest.json").read_text())["num_records"] == 3
+    argv = ["eval", *common, "--out", str(tmp_path / "eval"), "--keeps", "1", "0.5"]
+    assert tokcomp([*argv, "--methods", "attention", "uniform", "teacher", "occlusion"]) == 0
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["visual_tokens"] == {"1.0": 16.0, "0.5": 8.0}
+    assert tokcomp([*argv, "--methods", "fastv"]) == 2  # not available for VILA: one clear error, before any work

@@ -114,6 +114,28 @@ class VilaProcessor:
             raise ValueError("this processor has no chat template; pass `template=` or set `processor.template`")
         return get_template(name).format(message)
 
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, tokenize: bool = False, **_: Any
+    ) -> str:
+        """A one-turn conversation in the transformers message format (``{"role": "user", "content": [{"type":
+        "image"}, {"type": "text", "text": ...}]}``) as this processor's template prompt, each image / video
+        written as ``<image>\n`` / ``<video>\n`` before the text (how VILA1.5's evaluation builds prompts). Lets
+        ``tokcomp label`` / ``tokcomp eval`` drive VILA like the other families."""
+        if tokenize or not add_generation_prompt or [m.get("role") for m in messages] != ["user"]:
+            raise ValueError(
+                "VilaProcessor.apply_chat_template takes one user message, with add_generation_prompt=True and "
+                "tokenize=False; for other conversations write the prompt with `apply_template`"
+            )
+        pieces = []
+        for item in messages[0]["content"]:
+            if item["type"] in ("image", "video"):
+                pieces.append(f"<{item['type']}>\n")
+            elif item["type"] == "text":
+                pieces.append(item["text"])
+            else:
+                raise ValueError(f"message content type must be 'image', 'video' or 'text', got {item['type']!r}")
+        return self.apply_template("".join(pieces))
+
     def _expand_video_markers(self, prompt: str) -> list[str]:
         """``prompt`` split into text and markers, each ``<video>`` written as its frames."""
         parts: list[str] = []
@@ -198,6 +220,7 @@ class VilaProcessor:
         videos: list[list[ImageInput] | np.ndarray] | None = None,
         padding_side: str = "left",
         return_tensors: str = "pt",
+        padding: bool = True,
     ) -> BatchFeature:
         """Model inputs for a batch of prompts (already templated, see :meth:`apply_template`).
 
@@ -206,6 +229,7 @@ class VilaProcessor:
             images: the images of all prompts, in marker order; ``videos``: likewise, each a list of frames or a
                 ``(T, H, W, 3)`` uint8 array.
             padding_side: "left" (generation) or "right".
+            padding: must be True (a batch is always padded to its longest prompt).
 
         Returns:
             ``input_ids``, ``attention_mask`` ``(B, L)``; ``pixel_values`` ``(N, 3, S, S)`` with images;
@@ -213,6 +237,8 @@ class VilaProcessor:
         """
         if return_tensors != "pt":
             raise ValueError(f"`return_tensors` must be 'pt', got {return_tensors!r}")
+        if padding is not True:
+            raise ValueError(f"`padding` must be True (batches are padded to the longest prompt), got {padding!r}")
         if padding_side not in ("left", "right"):
             raise ValueError(f"`padding_side` must be 'left' or 'right', got {padding_side!r}")
         prompts = [text] if isinstance(text, str) else list(text)
