@@ -39,6 +39,7 @@ def _args(out, steps):
         warmup=2,
         stage_min=1,
         stage_budget=2,  # a curriculum stage change every 2 steps
+        vision_warmup=2,
     )
 
 
@@ -62,7 +63,7 @@ def test_ctrl_c_then_resume_gives_the_same_weights_as_one_run(tmp_path, monkeypa
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [2, 4, 6, 7] and [r["stage"] for r in log] == [0, 1, 2, 3]
+    assert [r["step"] for r in log] == [2, 4, 6, 7] and [r["stage"] for r in log] == [1, 2, 3, 3]
     assert set(log[0]["val"]) >= {"all", "colour"}
 
 
