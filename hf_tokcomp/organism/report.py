@@ -18,14 +18,21 @@ from .train import validate
 __all__ = ["organism_report", "main"]
 
 
-def _curve(log: Path, path: Path) -> None:
+def _read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _curve(log: Path, path: Path, compare: dict[str, Path]) -> None:
+    """Validation accuracy per question type over training (left); other recipes' overall curves (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    records = _read_log(log)
+    panels = 2 if compare else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4), squeeze=False)
+    ax = axes[0, 0]
     for qtype in records[-1]["val"]:
         ax.plot(
             [r["step"] for r in records],
@@ -37,15 +44,25 @@ def _curve(log: Path, path: Path) -> None:
     for step in changes:
         ax.axvline(step, color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="training step (16 images x 8 questions)", ylabel="validation accuracy (%)", ylim=(0, 101))
-    ax.set_title("organism training (dotted: curriculum stage changes)")
+    ax.set_title("shipped organism (dotted: curriculum stage changes)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if compare:
+        ax = axes[0, 1]
+        ax.plot([r["step"] for r in records], [100 * r["val"]["all"] for r in records], linewidth=2.5, label="shipped")
+        for label, other in compare.items():
+            rows = _read_log(other)
+            ax.plot([r["step"] for r in rows], [100 * r["val"]["all"] for r in rows], label=label)
+        ax.set(xlabel="training step", ylabel="validation accuracy, all types (%)", ylim=(0, 101))
+        ax.set_title("recipes tried")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def organism_report(n: int = 1000, log: str | Path | None = "runs/organism/log.jsonl") -> dict:
+def organism_report(n: int = 1000) -> dict:
     """Test accuracy per question type on ``n`` test samples, with the real and with blanked images."""
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -68,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="markdown file to write (a .json and a _curve.png beside it)")
     parser.add_argument("--n", type=int, default=1000, help="test samples (default: 1000)")
     parser.add_argument("--log", default="runs/organism/log.jsonl", help="training log for the curve")
+    parser.add_argument(
+        "--compare", nargs="*", default=[], metavar="LABEL=LOG", help="other runs' logs to overlay (LABEL=PATH)"
+    )
     args = parser.parse_args(argv)
     result = organism_report(args.n)
     out = Path(args.out)
@@ -82,8 +102,12 @@ def main(argv: list[str] | None = None) -> None:
         "| real | " + " | ".join(f"{100 * result['accuracy'][t]:.1f}" for t in types) + " |",
         "| blanked | " + " | ".join(f"{100 * result['blanked_image_accuracy'][t]:.1f}" for t in types) + " |",
     ]
+    bad = [item for item in args.compare if "=" not in item]
+    if bad:
+        parser.error(f"--compare takes LABEL=PATH items, got {bad}")
+    compare = dict(item.split("=", 1) for item in args.compare)
     if Path(args.log).is_file():
-        _curve(Path(args.log), out.with_name(out.stem + "_curve.png"))
+        _curve(Path(args.log), out.with_name(out.stem + "_curve.png"), {k: Path(v) for k, v in compare.items()})
         lines += ["", f"![training curve]({out.stem}_curve.png)"]
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
