@@ -27,7 +27,15 @@ from .compression import CompressedBatch, compress_batch
 from .features import layer0_attention_features
 from .selection import select_top
 
-__all__ = ["RandomScores", "UniformScores", "PresetScores", "oracle_scores", "fastv_generate", "FastVOutput"]
+__all__ = [
+    "RandomScores",
+    "UniformScores",
+    "PresetScores",
+    "uniform_scores",
+    "oracle_scores",
+    "fastv_generate",
+    "FastVOutput",
+]
 
 
 class RandomScores(nn.Module):
@@ -51,11 +59,16 @@ def _van_der_corput(n: int) -> torch.Tensor:
     return reversed_bits.float() / (1 << bits)
 
 
+def uniform_scores(n: int) -> torch.Tensor:
+    """``(n,)`` scores whose top-k is spread evenly over the segment's token order, for every k."""
+    return -_van_der_corput(n)
+
+
 class UniformScores(nn.Module):
-    """``(batch, C, n) -> (batch, n)`` scores whose top-k is spread evenly over the segment's token order."""
+    """``(batch, C, n) -> (batch, n)``: :func:`uniform_scores` for every segment."""
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (-_van_der_corput(features.shape[-1])).expand(features.shape[0], -1).to(features.device)
+        return uniform_scores(features.shape[-1]).expand(features.shape[0], -1).to(features.device)
 
 
 class PresetScores(nn.Module):
@@ -86,7 +99,7 @@ def oracle_scores(n: int, evidence: list[int]) -> torch.Tensor:
     bad = [i for i in evidence if not 0 <= i < n]
     if bad:
         raise ValueError(f"`evidence` indices must be in [0, {n}), got {bad}")
-    scores = -_van_der_corput(n)
+    scores = uniform_scores(n)
     scores[list(evidence)] += 2.0
     return scores
 

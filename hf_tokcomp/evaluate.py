@@ -25,10 +25,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .baselines import PresetScores, RandomScores, UniformScores, fastv_generate, oracle_scores
-from .baselines import _van_der_corput as _uniform_order
+from .baselines import PresetScores, RandomScores, UniformScores, fastv_generate, oracle_scores, uniform_scores
 from .data import build_batch, normalise_answer
-from .explain import visual_relevance
+from .explain import cut_at_eos, visual_relevance
 from .occlusion import occlusion_relevance
 from .selection import keep_count
 
@@ -73,17 +72,6 @@ class _Batch:
     occlusion: list[torch.Tensor] = field(default_factory=list)
 
 
-def _cut_at_eos(model, sequences: torch.Tensor, prompt: int) -> list[torch.Tensor]:
-    """Per row, the new tokens up to the first end-of-sequence token (excluded)."""
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    out = []
-    for row in sequences[:, prompt:]:
-        tokens = row.tolist()
-        out.append(row[: next((i for i, t in enumerate(tokens) if t in eos), len(tokens))])
-    return out
-
-
 def _on(model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.to(model.device) for k, v in inputs.items()}
 
@@ -97,7 +85,7 @@ def _answers(model, batch: _Batch, max_new_tokens: int, fastv: tuple[float, int]
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         else:
             out = fastv_generate(model, inputs, fastv[0], k=fastv[1], max_new_tokens=max_new_tokens).sequences
-    return [a.cpu() for a in _cut_at_eos(model, out, inputs["input_ids"].shape[1])]
+    return [a.cpu() for a in cut_at_eos(model, out, inputs["input_ids"].shape[1])]
 
 
 def _right(tokenizer, answers: list[torch.Tensor], records: list[dict[str, Any]]) -> list[bool]:
@@ -118,8 +106,8 @@ def _preset(method: str, batch: _Batch) -> list[torch.Tensor]:
         out = []
         for sizes, relevance in zip(batch.segment_sizes, getattr(batch, method), strict=True):
             if relevance.numel() != sum(sizes) or not relevance.abs().sum() > 0:
-                # an empty uncompressed answer has no relevance: spend the budget like the uniform baseline
-                out += [-_uniform_order(n) for n in sizes]
+                # no signal (an empty uncompressed answer, or no token matters): spend it like the uniform baseline
+                out += [uniform_scores(n) for n in sizes]
             else:
                 out += list(torch.split(relevance, sizes))
         return out

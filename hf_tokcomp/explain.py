@@ -24,7 +24,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .compression import compress_batch
 
-__all__ = ["visual_relevance", "append_answers", "greedy_answers"]
+__all__ = ["visual_relevance", "append_answers", "greedy_answers", "cut_at_eos"]
 
 _IMPLEMENTATION = "tokcomp_gae_rollout"
 
@@ -152,23 +152,28 @@ def append_answers(inputs: dict[str, Any], answers: list[torch.Tensor], pad_toke
     return out
 
 
+def cut_at_eos(model: nn.Module, sequences: torch.Tensor, prompt_length: int) -> list[torch.Tensor]:
+    """Per row of ``sequences`` ``(B, prompt_length + T)``, the new tokens up to the first end-of-sequence
+    token of the model's generation config (excluded)."""
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    answers = []
+    for row in sequences[:, prompt_length:]:
+        tokens = row.tolist()
+        answers.append(row[: next((i for i, t in enumerate(tokens) if t in eos), len(tokens))])
+    return answers
+
+
 def greedy_answers(model: nn.Module, inputs: dict[str, Any], max_new_tokens: int) -> list[torch.Tensor]:
     """The model's own greedy answers, UNCOMPRESSED (whatever ``token_keep`` is), cut at the first
     end-of-sequence token (excluded)."""
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     saved, model.config.token_keep = model.config.token_keep, 1.0
     try:
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     finally:
         model.config.token_keep = saved
-    answers = []
-    for row in out[:, inputs["input_ids"].shape[1] :]:
-        tokens = row.tolist()
-        cut = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
-        answers.append(row[:cut])
-    return answers
+    return cut_at_eos(model, out, inputs["input_ids"].shape[1])
 
 
 def visual_relevance(

@@ -28,32 +28,36 @@ def tiny_qwen_config(
     vision_depth: int = 1,
     patch_size: int = 2,
     vocab_size: int = 300,
+    vision_embed_dim: int = 32,
     **text_overrides: Any,
 ) -> Qwen2VLConfig | Qwen2_5_VLConfig:
     """A small but complete Qwen2-VL (``family="qwen2_vl"``) or Qwen2.5-VL (``"qwen2_5_vl"``) config.
 
     M-RoPE sections are scaled to the head size; the vision tower merges 2x2 patches as the real ones do.
+    ``vision_embed_dim`` is the Qwen2-VL tower's width; ``text_overrides`` replace text-config defaults.
     """
     head_dim = hidden_size // num_heads
     half = head_dim // 2
     section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
-    text = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
-        bos_token_id=VOCAB["bos"],
-        eos_token_id=VOCAB["eos"],
-        pad_token_id=VOCAB["pad"],
-        max_position_embeddings=4096,
-        **text_overrides,
+    text = (
+        dict(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
+            bos_token_id=VOCAB["bos"],
+            eos_token_id=VOCAB["eos"],
+            pad_token_id=VOCAB["pad"],
+            max_position_embeddings=4096,
+        )
+        | text_overrides
     )
     vision = dict(depth=vision_depth, hidden_size=hidden_size, num_heads=2, patch_size=patch_size, in_channels=3)
     if family == "qwen2_vl":
-        vision.update(embed_dim=32, mlp_ratio=2)
+        vision.update(embed_dim=vision_embed_dim, mlp_ratio=2)
         cls = Qwen2VLConfig
     elif family == "qwen2_5_vl":
         vision.update(

@@ -15,8 +15,8 @@ from PIL import Image
 from transformers import Qwen2VLConfig
 
 from ..processor import ImageQwen2VLProcessor, word_level_qwen_processor
-from ..tiny import VOCAB
-from .task import IMAGE_SIZE, Sample, vocabulary
+from ..tiny import tiny_qwen_config
+from .task import BACKGROUND, IMAGE_SIZE, Sample, vocabulary
 
 __all__ = ["organism_config", "organism_processor", "chat_text", "encode_samples", "blank_image"]
 
@@ -28,30 +28,16 @@ def organism_config(hidden_size: int = 128, num_layers: int = 2, vision_dim: int
     if hidden_size < 32 or hidden_size % 32:
         raise ValueError(f"`hidden_size` must be a positive multiple of 32 (32-dim heads), got {hidden_size}")
     heads = hidden_size // 32
-    text = dict(
-        vocab_size=300,
+    return tiny_qwen_config(
+        "qwen2_vl",
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
-        bos_token_id=VOCAB["bos"],
-        eos_token_id=VOCAB["eos"],
-        pad_token_id=VOCAB["pad"],
+        num_layers=num_layers,
+        num_heads=heads,
+        num_kv_heads=max(1, heads // 2),
+        vision_depth=2,
+        patch_size=14,
+        vision_embed_dim=vision_dim,
         max_position_embeddings=512,
-    )
-    vision = dict(
-        depth=2, embed_dim=vision_dim, hidden_size=hidden_size, num_heads=2, mlp_ratio=2, patch_size=14, in_channels=3
-    )
-    return Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=VOCAB["image"],
-        video_token_id=VOCAB["video"],
-        vision_start_token_id=VOCAB["vision_start"],
-        vision_end_token_id=VOCAB["vision_end"],
-        tie_word_embeddings=False,
     )
 
 
@@ -70,8 +56,6 @@ def chat_text(processor: ImageQwen2VLProcessor, question: str) -> str:
 
 def blank_image() -> Image.Image:
     """An image with the task's background and no object (for the blanked-image control)."""
-    from .task import BACKGROUND
-
     return Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
 
 
