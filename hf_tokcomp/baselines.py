@@ -139,13 +139,13 @@ def fastv_generate(
     """FastV with greedy decoding on an hf_tokcomp model (its own compression is not used).
 
     Args:
-        model: an hf_tokcomp model (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision).
+        model: an hf_tokcomp model (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, VILA1.5).
         inputs: processor output for a left-padded batch.
         token_keep: fraction of each segment's visual tokens kept from layer ``k`` on (the core's budget rule).
         k: layers that see every token (FastV's K; 2 in the paper).
         on_token: called with each new ``(B, 1)`` token as soon as it is chosen (e.g. to time decoding).
     """
-    lm = model.model.language_model
+    lm, head = model._tokcomp_text_model(), model._tokcomp_lm_head()
     if not 0 < k < len(lm.layers):
         raise ValueError(f"`k` must be in [1, {len(lm.layers) - 1}] for this model, got {k}")
     ids = inputs["input_ids"]
@@ -192,7 +192,7 @@ def fastv_generate(
     last_position = full.position_ids[..., -1:]
     tokens = []
     for step in range(max_new_tokens):
-        token = model.lm_head(lm.norm(hidden[:, -1:])).argmax(-1)  # (B, 1)
+        token = head(lm.norm(hidden[:, -1:])).argmax(-1)  # (B, 1)
         tokens.append(token)
         if on_token is not None:
             on_token(token)

@@ -188,11 +188,10 @@ def evaluate(
         raise ValueError("`records` is empty: nothing to evaluate")
     if "fastv" in methods:
         layers = model.config.get_text_config().num_hidden_layers
-        lm = getattr(getattr(model, "model", None), "language_model", None)
-        if lm is None or layers < 2:
+        if layers < 2:
             raise ValueError(
-                f"the `fastv` method is not available for {type(model).__name__} ({layers} LLM layers; FastV needs "
-                "a `model.model.language_model` with at least 2 layers); leave `fastv` out of `methods`"
+                f"the `fastv` method needs an LLM of at least 2 layers; {type(model).__name__} has {layers}. Leave "
+                "`fastv` out of `methods`."
             )
         if settings.fastv_k is None:
             settings = EvalSettings(**{**asdict(settings), "fastv_k": min(2, layers - 1)})

@@ -212,12 +212,20 @@ class TokenCompressionMixin:
             return position_ids.expand_as(input_ids)
         return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
+    def _tokcomp_text_model(self) -> nn.Module:
+        """The LLM's decoder stack (``.layers``, ``.norm``, ``.rotary_emb``, ``.config``), without the head."""
+        return self.model.language_model
+
+    def _tokcomp_lm_head(self) -> nn.Module:
+        """The LLM's output projection (hidden states -> vocabulary logits)."""
+        return self.lm_head
+
     def _tokcomp_rotary(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)``, each ``(B, L, head_dim)``, of layer 0 at ``positions``."""
-        return self.model.language_model.rotary_emb(embeds, positions)
+        return self._tokcomp_text_model().rotary_emb(embeds, positions)
 
     def _tokcomp_decoder_layer0(self) -> nn.Module:
-        return self.model.language_model.layers[0]
+        return self._tokcomp_text_model().layers[0]
 
     def _tokcomp_llm_positions(self, batch: CompressedBatch) -> torch.Tensor:
         """The ``position_ids`` the stock forward is given for the compressed batch."""

@@ -203,8 +203,8 @@ class VilaForConditionalGeneration(TokenCompressionMixin, VilaPreTrainedForCondi
             segments = [a + b for a, b in zip(segments, split_segments(mask, sizes, kind), strict=True)]
         return MergedInputs(embeds, visual_mask, [sorted(s, key=lambda seg: seg[1]) for s in segments])
 
-    def _tokcomp_rotary(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.llm.model.rotary_emb(embeds, positions)
+    def _tokcomp_text_model(self) -> nn.Module:
+        return self.llm.model
 
-    def _tokcomp_decoder_layer0(self) -> nn.Module:
-        return self.llm.model.layers[0]
+    def _tokcomp_lm_head(self) -> nn.Module:
+        return self.llm.lm_head
