@@ -24,39 +24,9 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-__all__ = ["BenchSpec", "CONFIGS", "run_benchmark", "fastv_keep_for_equal_tokens"]
+from .bench_models import BENCH_MODELS
 
-
-def _qwen2_vl(hidden: int, inter: int, heads: int, kv: int, vision_out: int):
-    def build(llm_layers: int, vision_layers: int):
-        from transformers import Qwen2VLConfig
-
-        return Qwen2VLConfig(
-            text_config=dict(
-                vocab_size=151936,
-                hidden_size=hidden,
-                intermediate_size=inter,
-                num_hidden_layers=llm_layers,
-                num_attention_heads=heads,
-                num_key_value_heads=kv,
-                max_position_embeddings=32768,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-            ),
-            vision_config=dict(depth=vision_layers, embed_dim=1280, hidden_size=vision_out, num_heads=16, mlp_ratio=4),
-            image_token_id=151655,
-            video_token_id=151656,
-            vision_start_token_id=151652,
-            vision_end_token_id=151653,
-        )
-
-    return build
-
-
-#: real widths of the published models (layer counts are a parameter)
-CONFIGS: dict[str, Callable[[int, int], Any]] = {
-    "qwen2-vl-2b": _qwen2_vl(1536, 8960, 12, 2, 1536),  # 28 LLM layers, 32 vision layers in the real model
-    "qwen2-vl-7b": _qwen2_vl(3584, 18944, 28, 4, 3584),  # 28 LLM layers, 32 vision layers
-}
+__all__ = ["BenchSpec", "run_benchmark", "fastv_keep_for_equal_tokens"]
 
 
 @dataclass
@@ -81,6 +51,25 @@ class BenchSpec:
 
     def visual_for(self, batch: int) -> int:
         return int(self.batch_visual_tokens.get(batch, self.visual_tokens))
+
+    def check(self) -> None:
+        """Raise a ValueError naming the first bad field."""
+        if self.config not in BENCH_MODELS:
+            raise ValueError(f"`config`={self.config!r} is not a benchmark model; choose one of {sorted(BENCH_MODELS)}")
+        least = BENCH_MODELS[self.config].min_vision_layers
+        if self.vision_layers < least:
+            raise ValueError(f"`vision_layers`={self.vision_layers}: {self.config} needs at least {least}")
+        if self.llm_layers <= self.fastv_k:
+            raise ValueError(
+                f"`llm_layers`={self.llm_layers} must exceed FastV's K={self.fastv_k} (FastV prunes after layer K)"
+            )
+        if not all(0 < k <= 1 for k in self.keeps):
+            raise ValueError(f"`keeps` must lie in (0, 1], got {list(self.keeps)}")
+        for name in ("visual_tokens", "text_tokens", "new_tokens", "repeats"):
+            if getattr(self, name) < (2 if name in ("new_tokens", "repeats") else 1):
+                raise ValueError(f"`{name}`={getattr(self, name)} is too small (new_tokens, repeats >= 2; others >= 1)")
+        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise ValueError(f"`dtype`={self.dtype!r} is not a torch dtype; use float32 (CPU) or bfloat16 (GPU)")
 
 
 def fastv_keep_for_equal_tokens(keep: float, visual: int, text: int, layers: int, k: int) -> float | None:
@@ -145,22 +134,22 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
 
     import hf_tokcomp
     from hf_tokcomp.baselines import fastv_generate
-    from hf_tokcomp.tiny import make_qwen_inputs
 
     torch.manual_seed(0)
-    config = CONFIGS[spec.config](spec.llm_layers, spec.vision_layers)
+    bench_model = BENCH_MODELS[spec.config]
+    config = bench_model.build_config(spec.llm_layers, spec.vision_layers)
     config._attn_implementation = spec.attn
     dtype = getattr(torch, spec.dtype)
-    model = hf_tokcomp.Qwen2VLForConditionalGeneration(config).to(spec.device, dtype).eval()
+    model = bench_model.model_class()(config).to(spec.device, dtype).eval()
     model.generation_config.eos_token_id = None
     model.compressor = hf_tokcomp.TokenCompressor(hf_tokcomp.TokenCompressorConfig()).to(spec.device).eval()
     model.config.token_keep = keep if method == "ours" else 1.0
-    grid = int(round((4 * spec.visual_for(batch)) ** 0.5))  # grid x grid patches -> grid^2 / 4 tokens
-    sample = [("text", [10, 11]), ("image", (grid, grid)), ("text", list(range(100, 100 + spec.text_tokens)))]
-    inputs = {k: v.to(spec.device) for k, v in make_qwen_inputs([sample] * batch, config).items()}
-    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    with torch.no_grad():
+        inputs = bench_model.make_inputs(model, batch, spec.visual_for(batch), spec.text_tokens)
+    inputs = {k: v.to(spec.device, dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
     visual_keys = {k: inputs.get(k) for k in model._tokcomp_visual_keys}
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    text_config = config.get_text_config()
     if spec.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -186,8 +175,8 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
         return statistics.median(b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True))
 
     with torch.no_grad():
-        vision = _timed(lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]), spec)
-        vision_flops = _flops(lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))
+        vision = _timed(lambda: bench_model.vision(model, inputs), spec)
+        vision_flops = _flops(lambda: bench_model.vision(model, inputs))
         ttft = _timed(lambda: generate(1), spec)
         decode = statistics.median(decode_step_seconds() for _ in range(spec.warmup + spec.repeats))
         first = generate(1)
@@ -207,7 +196,7 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
             row["kept_tokens"] = int(first.keep[0].sum())
             cache = None
             row["cache_tokens_per_layer"] = first.cache_tokens
-            layers = config.text_config.num_hidden_layers
+            layers = text_config.num_hidden_layers
             row["avg_tokens_per_layer"] = (
                 spec.fastv_k * row["prompt_tokens"] + (layers - spec.fastv_k) * row["kept_tokens"]
             ) / layers
@@ -217,7 +206,7 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
             merged = model._tokcomp_merge(ids, visual_keys)
             batch_inputs = model._tokcomp_select(merged, ids, mask, None, None, visual_keys)
             positions = model._tokcomp_llm_positions(batch_inputs)
-            lm = model.model.language_model
+            lm, head = model._tokcomp_text_model(), model._tokcomp_lm_head()
 
             def llm_prefill():
                 out = lm(
@@ -226,7 +215,7 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
                     position_ids=positions,
                     use_cache=True,
                 )
-                model.lm_head(out.last_hidden_state[:, -1:])
+                head(out.last_hidden_state[:, -1:])
 
             row["kept_tokens"] = int(batch_inputs.attention_mask[0].sum())
             row["avg_tokens_per_layer"] = row["kept_tokens"]
@@ -239,8 +228,9 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
         if cache is not None:
             row["kv_bytes"] = _kv_bytes(cache)
         else:
-            text = config.text_config
-            per_token_layer = 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads)
+            text = text_config
+            head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+            per_token_layer = 2 * text.num_key_value_heads * head_dim
             row["kv_bytes"] = batch * per_token_layer * sum(first.cache_tokens) * torch.finfo(dtype).bits // 8
         row["peak_mb"] = _peak_mb(spec, baseline)
     return row
@@ -261,16 +251,25 @@ def run_benchmark(spec: BenchSpec, progress: bool = True) -> dict[str, Any]:
     """All cells of ``spec`` side by side, with the ratios (speed-ups vs stock and vs their ideals)."""
     from tqdm.auto import tqdm
 
-    cells = []
+    spec.check()
+
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(spec.batch_sizes) * (1 + 2 * len(spec.keeps)), desc="benchmark cells", disable=not progress)
     for batch in spec.batch_sizes:
-        visual = spec.visual_for(batch)
-        cells.append(("stock", 1.0, batch))
-        cells += [("ours", keep, batch) for keep in spec.keeps]
+        stock = _cell(spec, "stock", 1.0, batch)
+        rows.append(stock)
+        bar.update()
         for keep in spec.keeps:
-            fv = fastv_keep_for_equal_tokens(keep, visual, spec.text_tokens + 4, spec.llm_layers, spec.fastv_k)
+            rows.append(_cell(spec, "ours", keep, batch))
+            bar.update()
+        # FastV's keep from the prompt as built (visual and other tokens counted by the stock cell)
+        visual, other = stock["visual_tokens"], stock["prompt_tokens"] - stock["visual_tokens"]
+        for keep in spec.keeps:
+            fv = fastv_keep_for_equal_tokens(keep, visual, other, spec.llm_layers, spec.fastv_k)
             if fv is not None:
-                cells.append(("fastv", round(fv, 4), batch))
-    rows = [_cell(spec, *cell) for cell in tqdm(cells, desc="benchmark cells", disable=not progress)]
+                rows.append(_cell(spec, "fastv", round(fv, 4), batch))
+            bar.update()
+    bar.close()
     for row in rows:
         base = next(r for r in rows if r["method"] == "stock" and r["batch"] == row["batch"])
         n, n_kept = base["prompt_tokens"], row["avg_tokens_per_layer"]
@@ -360,10 +359,15 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="tokcomp bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="qwen2-vl-2b", choices=sorted(CONFIGS), help="model widths")
-    parser.add_argument("--llm-layers", type=int, default=6, help="LLM layers (real: 28)")
-    parser.add_argument("--vision-layers", type=int, default=1, help="vision blocks (real: 32)")
-    parser.add_argument("--visual-tokens", type=int, default=1024, help="visual tokens per sample")
+    parser.add_argument("--config", default="qwen2-vl-2b", choices=sorted(BENCH_MODELS), help="model widths")
+    real = ", ".join(f"{name} {m.real_layers[0]}/{m.real_layers[1]}" for name, m in BENCH_MODELS.items())
+    parser.add_argument("--llm-layers", type=int, default=6, help="LLM layers (CPU default: 6)")
+    parser.add_argument("--vision-layers", type=int, default=None, help="vision blocks (default: the fewest, 1 or 2)")
+    parser.add_argument("--full-depth", action="store_true", help=f"the real LLM/vision layer counts ({real})")
+    parser.add_argument(
+        "--visual-tokens", type=int, default=1024, help="visual tokens per sample (a target: see bench_models.py)"
+    )
+    parser.add_argument("--text-tokens", type=int, default=40, help="question tokens after the visual tokens")
     parser.add_argument(
         "--batch8-visual-tokens",
         type=int,
@@ -380,11 +384,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed_cpu"), help="OUT.json/.md/.png")
     args = parser.parse_args(argv)
+    model = BENCH_MODELS[args.config]
+    llm_layers, vision_layers = model.real_layers if args.full_depth else (args.llm_layers, args.vision_layers)
     spec = BenchSpec(
         config=args.config,
-        llm_layers=args.llm_layers,
-        vision_layers=args.vision_layers,
+        llm_layers=llm_layers,
+        vision_layers=model.min_vision_layers if vision_layers is None else vision_layers,
         visual_tokens=args.visual_tokens,
+        text_tokens=args.text_tokens,
         batch_sizes=tuple(args.batch_sizes),
         keeps=tuple(args.keeps),
         batch_visual_tokens={8: args.batch8_visual_tokens} if args.batch8_visual_tokens else {},
@@ -395,6 +402,10 @@ def main(argv: list[str] | None = None) -> None:
         attn=args.attn,
         device=args.device,
     )
+    try:
+        spec.check()
+    except ValueError as err:
+        parser.error(str(err))
     result = run_benchmark(spec)
     text = markdown(result)
     print(text)

@@ -1,0 +1,181 @@
+"""The published models the speed benchmark times: their real widths (layer counts are a parameter), how to build
+a batch of one prompt with a given number of visual tokens, and how to run the vision path alone.
+
+Random weights are enough for timing. Each model's prompt uses its own visual layout:
+
+- Qwen2-VL: one image of ``grid x grid`` patches (``grid^2 / 4`` visual tokens, any count near the target).
+- LLaVA-OneVision: one anyres image of ``384 i x 384 j`` pixels: ``729`` base tokens + ``27 i x 27 j`` grid tokens +
+  ``27 i`` row-end tokens; the smallest ``i x j`` that reaches the target (1,485 tokens for 384 x 384).
+- VILA1.5: ``ceil(target / 196)`` images of 196 tokens each (its images are always 384 x 384, 27 x 27 patches,
+  merged 2x2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["BenchModel", "BENCH_MODELS", "PREFIX", "llava_image_for"]
+
+#: text before the visual tokens in every benchmark prompt (after it: the question's ``text_tokens`` ids)
+PREFIX = [10, 11]
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """One published model's shapes for the speed benchmark.
+
+    Attributes:
+        family: "qwen2_vl", "llava_onevision" or "vila".
+        real_layers: (LLM layers, vision layers) of the published model.
+        build_config: ``(llm_layers, vision_layers) -> config`` with the real widths.
+        min_vision_layers: fewest vision layers the model can run with (VILA reads ``hidden_states[-2]``: 2).
+    """
+
+    family: str
+    real_layers: tuple[int, int]
+    build_config: Callable[[int, int], Any]
+    min_vision_layers: int = 1
+
+    def model_class(self) -> type:
+        import hf_tokcomp
+
+        return {
+            "qwen2_vl": hf_tokcomp.Qwen2VLForConditionalGeneration,
+            "llava_onevision": hf_tokcomp.LlavaOnevisionForConditionalGeneration,
+            "vila": hf_tokcomp.VilaForConditionalGeneration,
+        }[self.family]
+
+    def make_inputs(self, model, batch: int, visual_tokens: int, text_tokens: int) -> dict[str, torch.Tensor]:
+        """``batch`` copies of one prompt: :data:`PREFIX`, about ``visual_tokens`` visual tokens (see the module
+        docstring for each layout), then ``text_tokens`` question ids; float pixels (the caller casts them)."""
+        question = list(range(100, 100 + text_tokens))
+        config = model.config
+        if self.family == "qwen2_vl":
+            from .tiny import make_qwen_inputs
+
+            grid = max(2, 2 * round(visual_tokens**0.5))  # grid x grid patches -> grid^2 / 4 tokens
+            sample = [("text", PREFIX), ("image", (grid, grid)), ("text", question)]
+            return make_qwen_inputs([sample] * batch, config)
+        if self.family == "llava_onevision":
+            from .tiny_llava import make_llava_inputs
+
+            height, width = llava_image_for(visual_tokens, config)
+            sample = [("text", PREFIX), ("image", (height, width)), ("text", question)]
+            return make_llava_inputs([sample] * batch, model)
+        side = config.vision_tower_cfg.image_size
+        per_image = math.ceil(side // config.vision_tower_cfg.patch_size / 2) ** 2  # 2x2 merge of the patch grid
+        images = math.ceil(visual_tokens / per_image)
+        ids = PREFIX + [config.image_token_id] * (per_image * images) + question
+        return {
+            "input_ids": torch.tensor([ids] * batch),
+            "attention_mask": torch.ones(batch, len(ids), dtype=torch.long),
+            "pixel_values": torch.randn(batch * images, 3, side, side, generator=torch.Generator().manual_seed(0)),
+        }
+
+    def vision(self, model, inputs: dict[str, torch.Tensor]) -> Any:
+        """The vision tower and projector alone, on the batch's pixels."""
+        if self.family == "qwen2_vl":
+            return model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        if self.family == "llava_onevision":
+            return model.model.get_image_features(
+                inputs["pixel_values"], inputs["image_sizes"], batch_num_images=inputs["batch_num_images"]
+            )
+        return model.get_image_features(inputs["pixel_values"])
+
+
+def llava_image_for(visual_tokens: int, config) -> tuple[int, int]:
+    """Pixel size ``(384 i, 384 j)`` of the smallest pinpoint-shaped image whose LLaVA-OneVision token count
+    (``side^2 (1 + i j) + side i``, ``side`` = patches per crop side) reaches ``visual_tokens``."""
+    crop = config.vision_config.image_size
+    side = crop // config.vision_config.patch_size
+    shapes = sorted({(h // crop, w // crop) for h, w in config.image_grid_pinpoints}, key=lambda s: (s[0] * s[1], s))
+    for i, j in shapes:
+        if i * j <= 9 and side * side * (1 + i * j) + side * i >= visual_tokens:  # anyres_max_9: no downscaling
+            return crop * i, crop * j
+    raise ValueError(
+        f"`visual_tokens`={visual_tokens} is more than one LLaVA-OneVision image gives without downscaling "
+        f"({side * side * 10 + side * 3}); ask for fewer."
+    )
+
+
+def _qwen2_vl(hidden: int, inter: int, heads: int, kv: int, vocab: int) -> Callable[[int, int], Any]:
+    def build(llm_layers: int, vision_layers: int):
+        from transformers import Qwen2VLConfig
+
+        return Qwen2VLConfig(
+            text_config=dict(
+                vocab_size=vocab,
+                hidden_size=hidden,
+                intermediate_size=inter,
+                num_hidden_layers=llm_layers,
+                num_attention_heads=heads,
+                num_key_value_heads=kv,
+                max_position_embeddings=32768,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+            ),
+            vision_config=dict(depth=vision_layers, embed_dim=1280, hidden_size=hidden, num_heads=16, mlp_ratio=4),
+            image_token_id=151655,
+            video_token_id=151656,
+            vision_start_token_id=151652,
+            vision_end_token_id=151653,
+        )
+
+    return build
+
+
+def _llava_onevision_7b(llm_layers: int, vision_layers: int):
+    from transformers import LlavaOnevisionConfig
+
+    return LlavaOnevisionConfig(  # SigLIP so400m (the config's defaults) + Qwen2-7B
+        vision_config=dict(model_type="siglip_vision_model", num_hidden_layers=vision_layers),
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=152128,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=llm_layers,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=32768,
+            rope_theta=1e6,
+        ),
+    )
+
+
+def _vila15_3b(llm_layers: int, vision_layers: int):
+    from transformers import LlamaConfig, SiglipVisionConfig
+
+    from .models.vila import VilaConfig
+
+    llm = LlamaConfig(  # Sheared-LLaMA-2.7B
+        vocab_size=32000,
+        hidden_size=2560,
+        intermediate_size=6912,
+        num_hidden_layers=llm_layers,
+        num_attention_heads=20,
+        num_key_value_heads=20,
+        max_position_embeddings=4096,
+    )
+    tower = SiglipVisionConfig(  # SigLIP so400m patch14 384
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=14,
+    )
+    return VilaConfig(llm_cfg=llm.to_dict(), vision_tower_cfg=tower.to_dict())
+
+
+#: real widths of the published models; ``--config`` picks one
+BENCH_MODELS: dict[str, BenchModel] = {
+    "qwen2-vl-2b": BenchModel("qwen2_vl", (28, 32), _qwen2_vl(1536, 8960, 12, 2, 151936)),
+    "qwen2-vl-7b": BenchModel("qwen2_vl", (28, 32), _qwen2_vl(3584, 18944, 28, 4, 152064)),
+    "llava-onevision-7b": BenchModel("llava_onevision", (28, 26), _llava_onevision_7b),
+    "vila1.5-3b": BenchModel("vila", (32, 27), _vila15_3b, min_vision_layers=2),
+}
