@@ -25,6 +25,7 @@ from transformers import DynamicCache
 
 from .compression import CompressedBatch, compress_batch
 from .features import layer0_attention_features
+from .mixin import MergedInputs
 from .selection import select_top
 
 __all__ = [
@@ -34,7 +35,10 @@ __all__ = [
     "uniform_scores",
     "oracle_scores",
     "fastv_generate",
+    "fastv_prepare",
+    "fastv_prefill",
     "FastVOutput",
+    "FastVPrefill",
 ]
 
 
@@ -114,6 +118,20 @@ class FastVOutput:
     cache_tokens: list[int]
 
 
+@dataclass
+class FastVPrefill:
+    """The state after FastV's prefill: ``hidden`` ``(B, L', D)`` the last layer's output over the kept tokens
+    (before the final norm); ``cache`` (layers ``< K``: every token, ``>= K``: the kept ones); ``keep`` ``(B, L)``;
+    the full and pruned key masks; ``last_position`` of the prompt (``(*P, B, 1)``)."""
+
+    hidden: torch.Tensor
+    cache: DynamicCache
+    keep: torch.Tensor
+    full_mask: torch.Tensor
+    pruned_mask: torch.Tensor
+    last_position: torch.Tensor
+
+
 def _additive_mask(query_valid: torch.Tensor, key_valid: torch.Tensor, causal: bool, dtype: torch.dtype):
     """``(B, 1, q, k)`` 0 where attending is allowed, dtype-min elsewhere. For the causal prefill q == k."""
     allowed = key_valid.bool()[:, None, None, :].expand(-1, 1, query_valid.shape[1], -1)
@@ -125,6 +143,52 @@ def _additive_mask(query_valid: torch.Tensor, key_valid: torch.Tensor, causal: b
     return torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device).masked_fill(
         ~allowed, torch.finfo(dtype).min
     )
+
+
+def _run_layers(model, layers, hidden: torch.Tensor, positions: torch.Tensor, attn_mask, cache) -> torch.Tensor:
+    cos_sin = model._tokcomp_rotary(hidden, positions)
+    for layer in layers:
+        hidden = layer(
+            hidden, attention_mask=attn_mask, position_embeddings=cos_sin, past_key_values=cache, use_cache=True
+        )
+    return hidden
+
+
+def fastv_prepare(model, inputs: dict) -> tuple[MergedInputs, CompressedBatch]:
+    """Vision tower, embedding merge and original positions of a left-padded batch: FastV's LLM input."""
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask", torch.ones_like(ids))
+    visual = {name: inputs.get(name) for name in model._tokcomp_visual_keys}
+    merged = model._tokcomp_merge(ids, visual)
+    positions = model._tokcomp_positions(ids, mask, visual, None)
+    return merged, compress_batch(mask.bool(), ids, merged.inputs_embeds, positions, left_padding=True)
+
+
+def fastv_prefill(model, merged: MergedInputs, full: CompressedBatch, token_keep: float, k: int) -> FastVPrefill:
+    """FastV's LLM prefill on :func:`fastv_prepare`'s output: layers ``< K`` on every token, the last token's
+    attention at layer K (1-indexed) picks ``token_keep`` of each visual segment, layers ``>= K`` on the rest."""
+    lm = model._tokcomp_text_model()
+    if not 0 < k < len(lm.layers):
+        raise ValueError(f"`k` must be in [1, {len(lm.layers) - 1}] for this model, got {k}")
+    cache = DynamicCache(config=lm.config)
+    dtype = full.inputs_embeds.dtype
+    full_mask = _additive_mask(full.attention_mask, full.attention_mask, True, dtype)
+    hidden = _run_layers(model, lm.layers[: k - 1], full.inputs_embeds, full.position_ids, full_mask, cache)
+    # FastV's signal: the last token's attention at layer K-1 (1-indexed: the K-th layer), over all keys.
+    last = torch.zeros_like(full.attention_mask, dtype=torch.bool)
+    last[:, -1] = True
+    cos, sin = model._tokcomp_rotary(hidden, full.position_ids)
+    attention = layer0_attention_features(hidden, lm.layers[k - 1], cos, sin, full.attention_mask, last)
+    hidden = _run_layers(model, lm.layers[k - 1 : k], hidden, full.position_ids, full_mask, cache)
+
+    keep = full.attention_mask.bool() & ~merged.visual_mask
+    for b, segments in enumerate(merged.segments):
+        for _, start, end in segments:
+            keep[b, start + select_top(attention[b, start:end], token_keep)] = True
+    pruned = compress_batch(keep, full.input_ids, hidden, full.position_ids, left_padding=True)
+    pruned_mask = _additive_mask(pruned.attention_mask, pruned.attention_mask, True, dtype)
+    hidden = _run_layers(model, lm.layers[k:], pruned.inputs_embeds, pruned.position_ids, pruned_mask, cache)
+    return FastVPrefill(hidden, cache, keep, full.attention_mask, pruned.attention_mask, full.position_ids[..., -1:])
 
 
 @torch.no_grad()
@@ -146,50 +210,10 @@ def fastv_generate(
         on_token: called with each new ``(B, 1)`` token as soon as it is chosen (e.g. to time decoding).
     """
     lm, head = model._tokcomp_text_model(), model._tokcomp_lm_head()
-    if not 0 < k < len(lm.layers):
-        raise ValueError(f"`k` must be in [1, {len(lm.layers) - 1}] for this model, got {k}")
-    ids = inputs["input_ids"]
-    mask = inputs.get("attention_mask", torch.ones_like(ids))
-    visual = {name: inputs.get(name) for name in model._tokcomp_visual_keys}
-    merged = model._tokcomp_merge(ids, visual)
-    positions = model._tokcomp_positions(ids, mask, visual, None)
-    full = compress_batch(mask.bool(), ids, merged.inputs_embeds, positions, left_padding=True)
-
-    def run_layers(layers, hidden, batch: CompressedBatch, attn_mask, cache):
-        cos_sin = model._tokcomp_rotary(hidden, batch.position_ids)
-        for layer in layers:
-            hidden = layer(
-                hidden, attention_mask=attn_mask, position_embeddings=cos_sin, past_key_values=cache, use_cache=True
-            )
-        return hidden
-
-    cache = DynamicCache(config=lm.config)
-    dtype = merged.inputs_embeds.dtype
-    hidden = full.inputs_embeds
-    full_mask = _additive_mask(full.attention_mask, full.attention_mask, True, dtype)
-    hidden = run_layers(lm.layers[: k - 1], hidden, full, full_mask, cache)
-    # FastV's signal: the last token's attention at layer K-1 (1-indexed: the K-th layer), over all keys.
-    last = torch.zeros_like(full.attention_mask, dtype=torch.bool)
-    last[:, -1] = True
-    cos, sin = model._tokcomp_rotary(hidden, full.position_ids)
-    attention = layer0_attention_features(hidden, lm.layers[k - 1], cos, sin, full.attention_mask, last)
-    hidden = run_layers(lm.layers[k - 1 : k], hidden, full, full_mask, cache)
-
-    keep = full.attention_mask.bool() & ~merged.visual_mask
-    for b, segments in enumerate(merged.segments):
-        for _, start, end in segments:
-            keep[b, start + select_top(attention[b, start:end], token_keep)] = True
-    pruned = compress_batch(keep, full.input_ids, hidden, full.position_ids, left_padding=True)
-    hidden = run_layers(
-        lm.layers[k:],
-        pruned.inputs_embeds,
-        pruned,
-        _additive_mask(pruned.attention_mask, pruned.attention_mask, True, dtype),
-        cache,
-    )
-
-    masks = {"full": full.attention_mask, "pruned": pruned.attention_mask}
-    last_position = full.position_ids[..., -1:]
+    state = fastv_prefill(model, *fastv_prepare(model, inputs), token_keep, k)
+    hidden, cache, dtype = state.hidden, state.cache, state.hidden.dtype
+    masks = {"full": state.full_mask, "pruned": state.pruned_mask}
+    last_position = state.last_position
     tokens = []
     for step in range(max_new_tokens):
         token = head(lm.norm(hidden[:, -1:])).argmax(-1)  # (B, 1)
@@ -201,14 +225,10 @@ def fastv_generate(
         ones = torch.ones_like(token)
         masks = {name: torch.cat([m, ones], dim=1) for name, m in masks.items()}
         last_position = last_position + 1
-        step_batch = CompressedBatch(token, model.get_input_embeddings()(token), ones, last_position, None, token)
-        hidden = step_batch.inputs_embeds
-        valid = torch.ones_like(token)
-        hidden = run_layers(
-            lm.layers[:k], hidden, step_batch, _additive_mask(valid, masks["full"], False, dtype), cache
-        )
-        hidden = run_layers(
-            lm.layers[k:], hidden, step_batch, _additive_mask(valid, masks["pruned"], False, dtype), cache
-        )
+        hidden = model.get_input_embeddings()(token)
+        full_mask = _additive_mask(ones, masks["full"], False, dtype)
+        hidden = _run_layers(model, lm.layers[:k], hidden, last_position, full_mask, cache)
+        pruned_mask = _additive_mask(ones, masks["pruned"], False, dtype)
+        hidden = _run_layers(model, lm.layers[k:], hidden, last_position, pruned_mask, cache)
     cache_tokens = [cache.layers[i].keys.shape[-2] for i in range(len(lm.layers))]
-    return FastVOutput(torch.cat([ids, *tokens], dim=1), keep, cache_tokens)
+    return FastVOutput(torch.cat([inputs["input_ids"], *tokens], dim=1), state.keep, cache_tokens)

@@ -1,10 +1,11 @@
 """Speed and memory of compressed prefill and decoding against the stock model and FastV, measured in one run.
 
 Every (method, keep, batch) cell runs in a fresh worker process (so peak memory is its own) on the same
-randomly initialised model (real widths, optionally fewer layers) and the same prompt: one image of
-``visual_tokens`` visual tokens and ``text_tokens`` question tokens per sample. Per cell, after warm-up, the
-medians and inter-quartile ranges of: the vision tower; time to first token (TTFT, ``generate`` with one new
-token); the LLM prefill alone; decode tokens/s; plus peak memory, KV-cache bytes and counted prefill FLOPs
+randomly initialised model (real widths, optionally fewer layers) and the same prompt: about ``visual_tokens``
+visual tokens in the model's own layout (``bench_models.py``) and ``text_tokens`` question tokens per sample.
+Per cell, after warm-up, the medians and inter-quartile ranges of: the vision tower; time to first token (TTFT:
+``generate`` with one new token, FastV's own loop for FastV); the LLM prefill alone (FastV: its layers with
+the scoring at layer K); decode tokens/s; plus peak memory, KV-cache bytes and counted prefill FLOPs
 (``torch.utils.flop_counter``). ``python benchmarks/speed.py --help`` / ``tokcomp bench --help``.
 """
 
@@ -26,7 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .bench_models import BENCH_MODELS
 
-__all__ = ["BenchSpec", "run_benchmark", "fastv_keep_for_equal_tokens"]
+__all__ = ["BenchSpec", "run_benchmark", "fastv_keep_for_equal_tokens", "add_ratios", "markdown", "headline", "plot"]
 
 
 @dataclass
@@ -65,9 +66,21 @@ class BenchSpec:
             )
         if not all(0 < k <= 1 for k in self.keeps):
             raise ValueError(f"`keeps` must lie in (0, 1], got {list(self.keeps)}")
-        for name in ("visual_tokens", "text_tokens", "new_tokens", "repeats"):
-            if getattr(self, name) < (2 if name in ("new_tokens", "repeats") else 1):
-                raise ValueError(f"`{name}`={getattr(self, name)} is too small (new_tokens, repeats >= 2; others >= 1)")
+        least = {"visual_tokens": 1, "text_tokens": 1, "new_tokens": 2, "repeats": 2, "warmup": 0, "fastv_k": 1}
+        for name, low in least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"`{name}`={getattr(self, name)} must be at least {low}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
+        for batch, visual in self.batch_visual_tokens.items():
+            if visual < 1:
+                raise ValueError(f"`batch_visual_tokens[{batch}]`={visual} must be at least 1")
+        if BENCH_MODELS[self.config].family == "llava_onevision":  # raises if one image cannot hold the tokens
+            from .bench_models import llava_image_for
+
+            config = BENCH_MODELS[self.config].build_config(1, 1)
+            for batch in self.batch_sizes:
+                llava_image_for(self.visual_for(batch), config)
         if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
             raise ValueError(f"`dtype`={self.dtype!r} is not a torch dtype; use float32 (CPU) or bfloat16 (GPU)")
 
@@ -102,9 +115,9 @@ def _kv_bytes(cache) -> int:
 
 
 def _flops(fn: Callable[[], Any]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+    from .flops import flop_counter
 
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -133,7 +146,7 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
     import resource
 
     import hf_tokcomp
-    from hf_tokcomp.baselines import fastv_generate
+    from hf_tokcomp.baselines import fastv_generate, fastv_prefill, fastv_prepare
 
     torch.manual_seed(0)
     bench_model = BENCH_MODELS[spec.config]
@@ -200,7 +213,13 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
             row["avg_tokens_per_layer"] = (
                 spec.fastv_k * row["prompt_tokens"] + (layers - spec.fastv_k) * row["kept_tokens"]
             ) / layers
-            row["llm_prefill"] = {"median": ttft["median"] - vision["median"], "iqr": ttft["iqr"]}
+            merged, full = fastv_prepare(model, inputs)
+            lm, head = model._tokcomp_text_model(), model._tokcomp_lm_head()
+
+            def fastv_llm_prefill():  # FastV's scoring at layer K is inside its LLM, so it is timed here
+                head(lm.norm(fastv_prefill(model, merged, full, keep, spec.fastv_k).hidden[:, -1:]))
+
+            row["llm_prefill"] = _timed(fastv_llm_prefill, spec)
         else:
             cache = first.past_key_values
             merged = model._tokcomp_merge(ids, visual_keys)
@@ -270,6 +289,15 @@ def run_benchmark(spec: BenchSpec, progress: bool = True) -> dict[str, Any]:
                 rows.append(_cell(spec, "fastv", round(fv, 4), batch))
             bar.update()
     bar.close()
+    device = (
+        torch.cuda.get_device_name() if spec.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    )
+    return {"spec": asdict(spec), "device": device, "torch": torch.__version__, "rows": add_ratios(rows)}
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add to each row its ratios to the stock row of its batch: speed-ups, their ideals, FLOPs, decode rate and
+    overhead share (ideal LLM prefill speed-up N / N'; ideal TTFT (T_vis + T_llm) / (T_vis + T_llm N' / N))."""
     for row in rows:
         base = next(r for r in rows if r["method"] == "stock" and r["batch"] == row["batch"])
         n, n_kept = base["prompt_tokens"], row["avg_tokens_per_layer"]
@@ -282,15 +310,46 @@ def run_benchmark(spec: BenchSpec, progress: bool = True) -> dict[str, Any]:
         row["decode_ratio"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"]
         if "overhead" in row:
             row["overhead_share"] = row["overhead"]["median"] / t_llm
-    device = (
-        torch.cuda.get_device_name() if spec.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    )
-    return {
-        "spec": asdict(spec),
-        "device": device,
-        "torch": torch.__version__,
-        "rows": rows,
-    }
+    return rows
+
+
+def _fastv_match(result: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any] | None:
+    """The FastV row of the same batch with (within 1%) the same average tokens per layer as ``ours``."""
+    for row in result["rows"]:
+        if row["method"] == "fastv" and row["batch"] == ours["batch"]:
+            if abs(row["avg_tokens_per_layer"] - ours["avg_tokens_per_layer"]) <= 0.01 * ours["avg_tokens_per_layer"]:
+                return row
+    return None
+
+
+def headline(result: dict[str, Any]) -> str:
+    """The ratios the goals are stated in: per batch and keep, the LLM prefill and TTFT speed-ups as a share of
+    their ideals, our overhead as a share of the stock LLM prefill, decode rate vs stock, and ours / FastV
+    (LLM prefill time, TTFT, peak memory; below 1 = ours better) where FastV has an equal-tokens setting."""
+    lines = [
+        "| batch | keep | LLM prefill % of ideal | TTFT % of ideal | overhead % of stock prefill | decode vs stock | "
+        "ours / FastV: LLM prefill | TTFT | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        if r["method"] != "ours":
+            continue
+        fv = _fastv_match(result, r)
+        vs = (
+            "- | - | -"
+            if fv is None
+            else (
+                f"{r['llm_prefill']['median'] / fv['llm_prefill']['median']:.2f} | "
+                f"{r['ttft']['median'] / fv['ttft']['median']:.2f} | "
+                f"{r['peak_mb'] / fv['peak_mb'] if fv['peak_mb'] > 0 else float('nan'):.2f}"
+            )
+        )
+        lines.append(
+            f"| {r['batch']} | {r['keep']} | {100 * r['llm_speedup'] / r['llm_ideal']:.0f}% | "
+            f"{100 * r['ttft_speedup'] / r['ttft_ideal']:.0f}% | {100 * r['overhead_share']:.2f} | "
+            f"{r['decode_ratio']:.2f} | {vs} |"
+        )
+    return "\n".join(lines)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -315,7 +374,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['decode_tokens_per_s']:.1f} ({r['decode_ratio']:.2f}) | {r['kv_bytes'] / 2**20:.1f} | "
             f"{r['peak_mb']:.0f} |"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, "", "Headline ratios (goals in benchmarks/README.md):", "", headline(result)])
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -394,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
         text_tokens=args.text_tokens,
         batch_sizes=tuple(args.batch_sizes),
         keeps=tuple(args.keeps),
-        batch_visual_tokens={8: args.batch8_visual_tokens} if args.batch8_visual_tokens else {},
+        batch_visual_tokens={} if args.batch8_visual_tokens is None else {8: args.batch8_visual_tokens},
         new_tokens=args.new_tokens,
         repeats=args.repeats,
         warmup=args.warmup,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BenchModel", "BENCH_MODELS", "PREFIX", "llava_image_for"]
+__all__ = ["BenchModel", "BENCH_MODELS", "PREFIX", "llava_image_for", "llava_image_tokens"]
 
 #: text before the visual tokens in every benchmark prompt (after it: the question's ``text_tokens`` ids)
 PREFIX = [10, 11]
@@ -61,12 +61,19 @@ class BenchModel:
             grid = max(2, 2 * round(visual_tokens**0.5))  # grid x grid patches -> grid^2 / 4 tokens
             sample = [("text", PREFIX), ("image", (grid, grid)), ("text", question)]
             return make_qwen_inputs([sample] * batch, config)
+        gen = torch.Generator().manual_seed(0)
         if self.family == "llava_onevision":
-            from .tiny_llava import make_llava_inputs
-
             height, width = llava_image_for(visual_tokens, config)
-            sample = [("text", PREFIX), ("image", (height, width)), ("text", question)]
-            return make_llava_inputs([sample] * batch, model)
+            crop = config.vision_config.image_size
+            crops = 1 + (height // crop) * (width // crop)  # the base image + the anyres grid
+            ids = PREFIX + [config.image_token_id] * llava_image_tokens(height, width, config) + question
+            return {
+                "input_ids": torch.tensor([ids] * batch),
+                "attention_mask": torch.ones(batch, len(ids), dtype=torch.long),
+                "pixel_values": torch.randn(batch, crops, 3, crop, crop, generator=gen),
+                "image_sizes": torch.tensor([[height, width]] * batch),
+                "batch_num_images": torch.ones(batch, dtype=torch.long),
+            }
         side = config.vision_tower_cfg.image_size
         per_image = math.ceil(side // config.vision_tower_cfg.patch_size / 2) ** 2  # 2x2 merge of the patch grid
         images = math.ceil(visual_tokens / per_image)
@@ -74,7 +81,7 @@ class BenchModel:
         return {
             "input_ids": torch.tensor([ids] * batch),
             "attention_mask": torch.ones(batch, len(ids), dtype=torch.long),
-            "pixel_values": torch.randn(batch * images, 3, side, side, generator=torch.Generator().manual_seed(0)),
+            "pixel_values": torch.randn(batch * images, 3, side, side, generator=gen),
         }
 
     def vision(self, model, inputs: dict[str, torch.Tensor]) -> Any:
@@ -88,22 +95,38 @@ class BenchModel:
         return model.get_image_features(inputs["pixel_values"])
 
 
-def llava_image_for(visual_tokens: int, config) -> tuple[int, int]:
-    """Pixel size ``(384 i, 384 j)`` of the smallest pinpoint-shaped image whose LLaVA-OneVision token count
-    (``side^2 (1 + i j) + side i``, ``side`` = patches per crop side) reaches ``visual_tokens``."""
+def _llava_shapes(config) -> list[tuple[int, int]]:
+    """Crop grids ``(i, j)`` of the pinpoints that anyres_max_9 keeps at full size (``i j <= 9``), smallest first."""
+    crop = config.vision_config.image_size
+    shapes = {(h // crop, w // crop) for h, w in config.image_grid_pinpoints}
+    return sorted((s for s in shapes if s[0] * s[1] <= 9), key=lambda s: (s[0] * s[1], s))
+
+
+def llava_image_tokens(height: int, width: int, config) -> int:
+    """LLaVA-OneVision visual tokens of one ``(height, width) = (crop i, crop j)`` image: ``side^2`` base tokens,
+    the ``side i x side j`` grid, and one row-end token per grid row (``side`` = patches per crop side)."""
     crop = config.vision_config.image_size
     side = crop // config.vision_config.patch_size
-    shapes = sorted({(h // crop, w // crop) for h, w in config.image_grid_pinpoints}, key=lambda s: (s[0] * s[1], s))
-    for i, j in shapes:
-        if i * j <= 9 and side * side * (1 + i * j) + side * i >= visual_tokens:  # anyres_max_9: no downscaling
-            return crop * i, crop * j
+    i, j = height // crop, width // crop
+    return side * side * (1 + i * j) + side * i
+
+
+def llava_image_for(visual_tokens: int, config) -> tuple[int, int]:
+    """Pixel size ``(crop i, crop j)`` of the smallest pinpoint-shaped image (of at most 9 crops, so anyres_max_9
+    does not downscale it) whose token count (:func:`llava_image_tokens`) reaches ``visual_tokens``."""
+    crop = config.vision_config.image_size
+    sizes = [(crop * i, crop * j) for i, j in _llava_shapes(config)]
+    for height, width in sizes:
+        if llava_image_tokens(height, width, config) >= visual_tokens:
+            return height, width
+    most = max(llava_image_tokens(h, w, config) for h, w in sizes)
     raise ValueError(
-        f"`visual_tokens`={visual_tokens} is more than one LLaVA-OneVision image gives without downscaling "
-        f"({side * side * 10 + side * 3}); ask for fewer."
+        f"`visual_tokens`={visual_tokens} is more than one LLaVA-OneVision image gives without downscaling ({most}); "
+        f"ask for at most {most}."
     )
 
 
-def _qwen2_vl(hidden: int, inter: int, heads: int, kv: int, vocab: int) -> Callable[[int, int], Any]:
+def _qwen2_vl(hidden: int, inter: int, heads: int, kv: int, vocab: int, tied: bool) -> Callable[[int, int], Any]:
     def build(llm_layers: int, vision_layers: int):
         from transformers import Qwen2VLConfig
 
@@ -123,6 +146,7 @@ def _qwen2_vl(hidden: int, inter: int, heads: int, kv: int, vocab: int) -> Calla
             video_token_id=151656,
             vision_start_token_id=151652,
             vision_end_token_id=151653,
+            tie_word_embeddings=tied,
         )
 
     return build
@@ -131,8 +155,17 @@ def _qwen2_vl(hidden: int, inter: int, heads: int, kv: int, vocab: int) -> Calla
 def _llava_onevision_7b(llm_layers: int, vision_layers: int):
     from transformers import LlavaOnevisionConfig
 
-    return LlavaOnevisionConfig(  # SigLIP so400m (the config's defaults) + Qwen2-7B
-        vision_config=dict(model_type="siglip_vision_model", num_hidden_layers=vision_layers),
+    return LlavaOnevisionConfig(  # SigLIP so400m at 384 px + Qwen2-7B
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=16,
+            image_size=384,
+            patch_size=14,
+            vision_use_head=False,
+        ),
         text_config=dict(
             model_type="qwen2",
             vocab_size=152128,
@@ -174,8 +207,8 @@ def _vila15_3b(llm_layers: int, vision_layers: int):
 
 #: real widths of the published models; ``--config`` picks one
 BENCH_MODELS: dict[str, BenchModel] = {
-    "qwen2-vl-2b": BenchModel("qwen2_vl", (28, 32), _qwen2_vl(1536, 8960, 12, 2, 151936)),
-    "qwen2-vl-7b": BenchModel("qwen2_vl", (28, 32), _qwen2_vl(3584, 18944, 28, 4, 152064)),
+    "qwen2-vl-2b": BenchModel("qwen2_vl", (28, 32), _qwen2_vl(1536, 8960, 12, 2, 151936, tied=True)),
+    "qwen2-vl-7b": BenchModel("qwen2_vl", (28, 32), _qwen2_vl(3584, 18944, 28, 4, 152064, tied=False)),
     "llava-onevision-7b": BenchModel("llava_onevision", (28, 26), _llava_onevision_7b),
     "vila1.5-3b": BenchModel("vila", (32, 27), _vila15_3b, min_vision_layers=2),
 }

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .baselines import PresetScores, RandomScores, UniformScores, fastv_generate, oracle_scores, uniform_scores
 from .data import build_batch, normalise_answer
 from .explain import cut_at_eos, visual_relevance
+from .flops import flop_counter
 from .occlusion import occlusion_relevance
 from .selection import keep_count
 
@@ -140,12 +141,10 @@ def prefill_flops(model, inputs: dict[str, torch.Tensor], method: str, keep: flo
     """FLOPs of one prefill (up to the first token's logits), counted by ``torch.utils.flop_counter`` with the
     model's current compressor: ``total``, and its parts ``vision`` (tower + projector), ``compressor`` and
     ``llm`` (the rest: the LLM, the layer-0 features and the selection)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     saved = model.config.token_keep
     model.config.token_keep = 1.0 if method == "fastv" else keep
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with flop_counter() as counter, torch.no_grad():
             if method == "fastv":
                 fastv_generate(model, inputs, keep, k=fastv_k, max_new_tokens=1)
             else:

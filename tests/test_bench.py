@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from transformers import LlavaOnevisionConfig
 
-from hf_tokcomp.bench import BenchSpec, fastv_keep_for_equal_tokens, worker
-from hf_tokcomp.bench_models import BENCH_MODELS, PREFIX, BenchModel, llava_image_for
+from hf_tokcomp.bench import BenchSpec, add_ratios, fastv_keep_for_equal_tokens, headline, worker
+from hf_tokcomp.bench_models import BENCH_MODELS, PREFIX, BenchModel, llava_image_for, llava_image_tokens
+from hf_tokcomp.flops import flop_counter
 from hf_tokcomp.models.vila import VilaConfig
 from hf_tokcomp.tiny import tiny_qwen_config
 from hf_tokcomp.tiny_llava import tiny_llava_onevision_config
@@ -41,10 +41,15 @@ def spec(config: str, **kw) -> BenchSpec:
     return BenchSpec(config=config, new_tokens=3, warmup=0, repeats=2, **(fields | kw))
 
 
+def expected_prompt(config: str) -> int:
+    """Prefix + visual tokens + question (+ Qwen's vision start / end tokens)."""
+    return len(PREFIX) + sum(expected_visual(config)) + TEXT + (2 if config == "tiny-qwen2-vl" else 0)
+
+
 def expected_visual(config: str) -> list[int]:
     """Visual tokens per segment of the 40-token target, counted by hand from each family's layout."""
     if config == "tiny-qwen2-vl":
-        return [(2 * round(40**0.5)) ** 2 // 4]  # 12 x 12 patches -> 36 tokens
+        return [36]  # sqrt(40) = 6.3 tokens a side -> 12 x 12 patches -> 6 x 6 tokens after the 2x2 merge
     if config == "tiny-llava-ov":
         return [4 * 4 * (1 + 2) + 4 * 1]  # 16 px crops of 4 px patches: (1, 2) grid: base + 2 crops + 1 row end
     return [16] * 3  # 28 px / 4 px = 7 patches -> 4 x 4 after the 2x2 merge; ceil(40 / 16) images
@@ -59,7 +64,7 @@ def kv_bytes(config_name: str, tokens_per_layer: list[int], batch: int) -> int:
 @pytest.mark.parametrize("config", list(TINY))
 def test_counts_kept_tokens_kv_and_flops_match_hand_counts(config):
     segments = expected_visual(config)
-    prompt = len(PREFIX) + sum(segments) + TEXT + (2 if config == "tiny-qwen2-vl" else 0)  # + vision start/end
+    prompt = expected_prompt(config)
     with torch.no_grad():
         stock = worker(spec(config), "stock", 1.0, batch=2)
         ours = worker(spec(config), "ours", 0.5, batch=2)
@@ -76,13 +81,30 @@ def test_counts_kept_tokens_kv_and_flops_match_hand_counts(config):
     assert ours["overhead"]["median"] > 0 and ours["decode_tokens_per_s"] > 0
 
 
+def test_ratios_and_headline_of_one_batch():
+    with torch.no_grad():
+        rows = [worker(spec("tiny-qwen2-vl"), m, k, batch=1) for m, k in (("stock", 1.0), ("ours", 0.5))]
+        rows.append(worker(spec("tiny-qwen2-vl"), "fastv", 0.25, batch=1))
+    stock, ours, fastv = add_ratios(rows)
+    assert stock["llm_speedup"] == stock["llm_ideal"] == stock["ttft_speedup"] == stock["ttft_ideal"] == 1.0
+    assert ours["llm_ideal"] == stock["prompt_tokens"] / ours["kept_tokens"]
+    t_vis, t_llm, share = stock["vision"]["median"], stock["llm_prefill"]["median"], 1 / ours["llm_ideal"]
+    assert math.isclose(ours["ttft_ideal"], (t_vis + t_llm) / (t_vis + share * t_llm))
+    assert ours["llm_speedup"] == t_llm / ours["llm_prefill"]["median"]
+    # 45 prompt tokens (36 visual); FastV keeps all for K=2 of 4 layers, then 9 of the 36: (2 * 45 + 2 * 18) / 4
+    assert stock["prompt_tokens"] == 45 and fastv["avg_tokens_per_layer"] == (2 * 45 + 2 * 18) / 4
+    table = headline({"rows": rows})
+    assert table.count("\n") == 2 and "| 1 | 0.5 |" in table  # header, rule, one `ours` row (no FastV match)
+
+
 @pytest.mark.parametrize("config", list(TINY))
 def test_fastv_cell_keeps_every_token_for_k_layers(config):
     s = spec(config)
     segments = expected_visual(config)
     with torch.no_grad():
         row = worker(s, "fastv", 0.5, batch=1)
-    prompt = row["prompt_tokens"]
+    prompt = expected_prompt(config)
+    assert row["prompt_tokens"] == prompt
     kept = prompt - sum(segments) + sum(max(1, round(0.5 * n)) for n in segments)
     assert row["kept_tokens"] == kept
     assert row["cache_tokens_per_layer"] == [prompt] * s.fastv_k + [kept] * (4 - s.fastv_k)
@@ -98,21 +120,32 @@ def test_fastv_keep_gives_the_same_average_tokens_per_layer():
     assert fastv_keep_for_equal_tokens(0.1, visual, text, layers=4, k=2) is None  # would need a negative keep
 
 
-def test_llava_image_sizes_give_the_counted_tokens():
-    """The layout formula against the stock LLaVA-OneVision feature path (its own unpadding and row ends)."""
+def test_llava_image_sizes_and_counts_match_the_stock_feature_path():
+    """Sizes chosen by hand from the tiny config's pinpoints (16 px crops of 4x4 patches: (1,1) 36 tokens,
+    (1,2) 52, (2,1) 56, (2,2) 88), and each count against the stock LLaVA-OneVision unpadding and row ends."""
     from hf_tokcomp import LlavaOnevisionForConditionalGeneration
     from hf_tokcomp.tiny_llava import make_llava_inputs
 
     model = LlavaOnevisionForConditionalGeneration(tiny_llava_onevision_config()).eval()
     config = model.config
-    for target in (1, 36, 37, 40, 52, 80):
-        height, width = llava_image_for(target, config)
-        ids = make_llava_inputs([[("image", (height, width))]], model)["input_ids"]
-        assert (ids == config.image_token_id).sum() >= target
-    with pytest.raises(ValueError, match="visual_tokens"):
-        llava_image_for(10**6, config)
-    real = LlavaOnevisionConfig()  # SigLIP so400m at 384 px, as LLaVA-OneVision-7B
-    assert llava_image_for(1024, real) == (384, 384) and llava_image_for(1486, real) == (384, 768)
+    chosen = {1: (16, 16), 36: (16, 16), 37: (16, 32), 52: (16, 32), 53: (32, 16), 56: (32, 16), 57: (32, 32)}
+    for target, size in chosen.items():
+        assert llava_image_for(target, config) == size, target
+    for size, tokens in {(16, 16): 36, (16, 32): 52, (32, 16): 56, (32, 32): 88}.items():
+        ids = make_llava_inputs([[("image", size)]], model)["input_ids"]
+        assert llava_image_tokens(*size, config) == int((ids == config.image_token_id).sum()) == tokens
+    with pytest.raises(ValueError, match="`visual_tokens`=89 .* at most 88"):
+        llava_image_for(89, config)
+    real = BENCH_MODELS["llava-onevision-7b"].build_config(2, 1)
+    assert llava_image_for(1024, real) == (384, 384) and llava_image_tokens(384, 384, real) == 729 * 2 + 27
+
+
+def test_cpu_sdpa_attention_is_counted():
+    """4 b h s_q s_k d: the scores and the weighted sum, two flops per multiply-add."""
+    q, k, v = torch.randn(2, 4, 10, 8), torch.randn(2, 4, 12, 8), torch.randn(2, 4, 12, 8)
+    with flop_counter() as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert counter.get_total_flops() == 4 * 2 * 4 * 10 * 12 * 8
 
 
 @pytest.mark.parametrize(
@@ -123,6 +156,8 @@ def test_llava_image_sizes_give_the_counted_tokens():
         (dict(llm_layers=2), "llm_layers"),
         (dict(keeps=(0.5, 0.0)), "keeps"),
         (dict(repeats=1), "repeats"),
+        (dict(batch_sizes=(1, 0)), "batch_sizes"),
+        (dict(visual_tokens=10**6, config="llava-onevision-7b", vision_layers=1), "visual_tokens"),
         (dict(dtype="float99"), "dtype"),
     ],
 )
@@ -136,13 +171,17 @@ def test_bad_specs_are_named(change, match):
 
 def test_real_configs_have_the_published_widths():
     """Widths from the published config.json files (layer counts are a parameter)."""
-    widths = {
-        "qwen2-vl-2b": (1536, 8960, 12, 2),
-        "qwen2-vl-7b": (3584, 18944, 28, 4),
-        "llava-onevision-7b": (3584, 18944, 28, 4),
-        "vila1.5-3b": (2560, 6912, 20, 20),
+    widths = {  # LLM: vocab, hidden, MLP, heads, KV heads; vision: width, patch, image size
+        "qwen2-vl-2b": ((151936, 1536, 8960, 12, 2), (1280, 14, None)),
+        "qwen2-vl-7b": ((152064, 3584, 18944, 28, 4), (1280, 14, None)),
+        "llava-onevision-7b": ((152128, 3584, 18944, 28, 4), (1152, 14, 384)),
+        "vila1.5-3b": ((32000, 2560, 6912, 20, 20), (1152, 14, 384)),
     }
-    for name, (hidden, inter, heads, kv) in widths.items():
-        text = BENCH_MODELS[name].build_config(2, 2).get_text_config()
-        got = (text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_key_value_heads)
-        assert got == (hidden, inter, heads, kv), name
+    for name, (llm, vision) in widths.items():
+        config = BENCH_MODELS[name].build_config(2, 2)
+        text = config.get_text_config()
+        got = (text.vocab_size, text.hidden_size, text.intermediate_size)
+        assert got + (text.num_attention_heads, text.num_key_value_heads) == llm, name
+        tower = getattr(config, "vision_config", None) or config.vision_tower_cfg
+        width = getattr(tower, "embed_dim", None) or tower.hidden_size
+        assert (width, tower.patch_size, getattr(tower, "image_size", None)) == vision, name
