@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Small-model tests and demos run much faster single-threaded on a shared 2-core machine.
 RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup test lint demo demo-quick organism ship-compressor bench clean
+.PHONY: help setup test lint demo demo-quick organism ship-compressor bench bench-all clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,8 +45,15 @@ ship-compressor: demo  ## install the compressor trained by `make demo` as the s
 	rm -rf hf_tokcomp/organism/compressor && mkdir -p hf_tokcomp/organism/compressor
 	cp demo_out/compressor/config.json demo_out/compressor/model.safetensors hf_tokcomp/organism/compressor/
 
-bench: $(STAMP)  ## speed, memory, FLOPs vs stock and FastV (scaled-down Qwen2-VL-2B, CPU, ~15 min)
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed.py --batch8-visual-tokens 256
+BENCH = HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed.py
+
+bench: $(STAMP)  ## speed, memory, FLOPs vs stock and FastV (scaled-down Qwen2-VL-2B, CPU, batch 1 and 8, ~35 min)
+	$(BENCH) --config qwen2-vl-2b --batch-sizes 1 --out benchmarks/results/speed_cpu_b1
+	$(BENCH) --config qwen2-vl-2b --batch-sizes 8 --batch8-visual-tokens 256 --out benchmarks/results/speed_cpu_b8
+
+bench-all: bench  ## + scaled-down VILA1.5-3b and LLaVA-OneVision-7B (batch 1, CPU, ~50 min more)
+	$(BENCH) --config vila1.5-3b --llm-layers 6 --vision-layers 2 --batch-sizes 1 --out benchmarks/results/speed_cpu_vila15_3b
+	$(BENCH) --config llava-onevision-7b --llm-layers 4 --batch-sizes 1 --new-tokens 8 --out benchmarks/results/speed_cpu_llava_ov_7b
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

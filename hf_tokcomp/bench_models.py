@@ -152,19 +152,16 @@ def _qwen2_vl(hidden: int, inter: int, heads: int, kv: int, vocab: int, tied: bo
     return build
 
 
+#: SigLIP so400m patch14 at 384 px (LLaVA-OneVision's and VILA1.5's tower), without its layer count
+SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, image_size=384, patch_size=14)
+
+
 def _llava_onevision_7b(llm_layers: int, vision_layers: int):
     from transformers import LlavaOnevisionConfig
 
     return LlavaOnevisionConfig(  # SigLIP so400m at 384 px + Qwen2-7B
         vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=1152,
-            intermediate_size=4304,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=16,
-            image_size=384,
-            patch_size=14,
-            vision_use_head=False,
+            model_type="siglip_vision_model", num_hidden_layers=vision_layers, vision_use_head=False, **SIGLIP_SO400M
         ),
         text_config=dict(
             model_type="qwen2",
@@ -194,14 +191,7 @@ def _vila15_3b(llm_layers: int, vision_layers: int):
         num_key_value_heads=20,
         max_position_embeddings=4096,
     )
-    tower = SiglipVisionConfig(  # SigLIP so400m patch14 384
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=16,
-        image_size=384,
-        patch_size=14,
-    )
+    tower = SiglipVisionConfig(num_hidden_layers=vision_layers, **SIGLIP_SO400M)
     return VilaConfig(llm_cfg=llm.to_dict(), vision_tower_cfg=tower.to_dict())
 
 
