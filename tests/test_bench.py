@@ -185,3 +185,16 @@ def test_real_configs_have_the_published_widths():
         tower = getattr(config, "vision_config", None) or config.vision_tower_cfg
         width = getattr(tower, "embed_dim", None) or tower.hidden_size
         assert (width, tower.patch_size, getattr(tower, "image_size", None)) == vision, name
+
+
+def test_cpu_peak_window_sees_an_allocation_after_a_larger_one():
+    """The peak window starts at the reset: an earlier, larger allocation does not hide a later one."""
+    from hf_tokcomp.bench import _peak_mb, _reset_peak
+
+    big = torch.ones(400 * 2**20 // 4)  # 400 MB, freed before the window starts
+    del big
+    baseline = _reset_peak(spec("tiny-qwen2-vl"))
+    block = torch.ones(100 * 2**20 // 4)  # 100 MB, touched
+    peak = _peak_mb(spec("tiny-qwen2-vl"), baseline)
+    del block
+    assert 95 <= peak <= 140
