@@ -111,11 +111,12 @@ def oracle_scores(n: int, evidence: list[int]) -> torch.Tensor:
 @dataclass
 class FastVOutput:
     """``sequences`` ``(B, L + T)`` starting with the caller's ids; ``keep`` ``(B, L)`` True on the tokens layers
-    ``K..`` see; ``cache_tokens`` per layer (full before K, pruned from K)."""
+    ``K..`` see; ``cache_tokens`` per layer (full before K, pruned from K); the ``cache`` itself."""
 
     sequences: torch.Tensor
     keep: torch.Tensor
     cache_tokens: list[int]
+    cache: DynamicCache
 
 
 @dataclass
@@ -231,4 +232,4 @@ def fastv_generate(
         pruned_mask = _additive_mask(ones, masks["pruned"], False, dtype)
         hidden = _run_layers(model, lm.layers[k:], hidden, last_position, pruned_mask, cache)
     cache_tokens = [cache.layers[i].keys.shape[-2] for i in range(len(lm.layers))]
-    return FastVOutput(torch.cat([inputs["input_ids"], *tokens], dim=1), state.keep, cache_tokens)
+    return FastVOutput(torch.cat([inputs["input_ids"], *tokens], dim=1), state.keep, cache_tokens, cache)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .bench_models import BENCH_MODELS
+from .bench_models import BENCH_MODELS, llava_image_for
 
 __all__ = ["BenchSpec", "run_benchmark", "fastv_keep_for_equal_tokens", "add_ratios", "markdown", "headline", "plot"]
 
@@ -57,9 +57,9 @@ class BenchSpec:
         """Raise a ValueError naming the first bad field."""
         if self.config not in BENCH_MODELS:
             raise ValueError(f"`config`={self.config!r} is not a benchmark model; choose one of {sorted(BENCH_MODELS)}")
-        least = BENCH_MODELS[self.config].min_vision_layers
-        if self.vision_layers < least:
-            raise ValueError(f"`vision_layers`={self.vision_layers}: {self.config} needs at least {least}")
+        fewest = BENCH_MODELS[self.config].min_vision_layers
+        if self.vision_layers < fewest:
+            raise ValueError(f"`vision_layers`={self.vision_layers}: {self.config} needs at least {fewest}")
         if self.llm_layers <= self.fastv_k:
             raise ValueError(
                 f"`llm_layers`={self.llm_layers} must exceed FastV's K={self.fastv_k} (FastV prunes after layer K)"
@@ -76,8 +76,6 @@ class BenchSpec:
             if visual < 1:
                 raise ValueError(f"`batch_visual_tokens[{batch}]`={visual} must be at least 1")
         if BENCH_MODELS[self.config].family == "llava_onevision":  # raises if one image cannot hold the tokens
-            from .bench_models import llava_image_for
-
             config = BENCH_MODELS[self.config].build_config(1, 1)
             for batch in self.batch_sizes:
                 llava_image_for(self.visual_for(batch), config)
@@ -185,7 +183,6 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
     inputs = {k: v.to(spec.device, dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
     visual_keys = {k: inputs.get(k) for k in model._tokcomp_visual_keys}
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    text_config = config.get_text_config()
     baseline = _reset_peak(spec)
 
     def generate(new: int, on_token: Callable[[], None] | None = None):
@@ -230,9 +227,9 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
         }
         if method == "fastv":
             row["kept_tokens"] = int(first.keep[0].sum())
-            cache = None
+            cache = first.cache
             row["cache_tokens_per_layer"] = first.cache_tokens
-            layers = text_config.num_hidden_layers
+            layers = config.get_text_config().num_hidden_layers
             row["avg_tokens_per_layer"] = (
                 spec.fastv_k * row["prompt_tokens"] + (layers - spec.fastv_k) * row["kept_tokens"]
             ) / layers
@@ -267,13 +264,7 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
                     lambda: model._tokcomp_select(merged, ids, mask, None, None, visual_keys), spec
                 )
         # KV bytes of the prompt (FastV: the first K layers hold every token, the others the kept ones)
-        if cache is not None:
-            row["kv_bytes"] = _kv_bytes(cache)
-        else:
-            text = text_config
-            head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-            per_token_layer = 2 * text.num_key_value_heads * head_dim
-            row["kv_bytes"] = batch * per_token_layer * sum(first.cache_tokens) * torch.finfo(dtype).bits // 8
+        row["kv_bytes"] = _kv_bytes(cache)
         row["peak_mb"] = peak_mb
     return row
 
