@@ -32,7 +32,7 @@ def _rss_mb() -> float:
 
 def _setup(n_visual: int, seed: int = 0):
     import hf_tokcomp
-    from hf_tokcomp.tiny import make_qwen_inputs, tiny_qwen_config
+    from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs, tiny_qwen_config
 
     torch.manual_seed(seed)
     config = tiny_qwen_config("qwen2_vl", hidden_size=256, num_layers=8, num_heads=8, num_kv_heads=2)
@@ -64,7 +64,7 @@ def naive_relevance(model, inputs: dict, answer: torch.Tensor) -> torch.Tensor:
 
 
 def worker(method: str, n_visual: int, answer_len: int) -> dict:
-    from hf_tokcomp.explain import visual_relevance
+    from hf_tokcomp.teachers.gae import visual_relevance
 
     model, inputs = _setup(n_visual)
     answer = torch.arange(100, 100 + answer_len)

@@ -3,7 +3,7 @@
 The implementation lives in `hf_tokcomp/bench.py` so the `tokcomp bench` command and this script are one thing.
 """
 
-from hf_tokcomp.bench import main
+from hf_tokcomp.bench.speed import main
 
 if __name__ == "__main__":
     main()

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from hf_tokcomp import TokenCompressor
-from hf_tokcomp.data import label_dataset, read_records
-from hf_tokcomp.evaluate import EvalSettings, evaluate
+from hf_tokcomp.evaluation.harness import EvalSettings, evaluate
 from hf_tokcomp.organism import load_organism
 from hf_tokcomp.organism.export import write_split
-from hf_tokcomp.train import TrainArguments, train_compressor
+from hf_tokcomp.training.labels import label_dataset, read_records
+from hf_tokcomp.training.train import TrainArguments, train_compressor
 
 TEACHERS = ("gae", "occlusion")
 

@@ -1,12 +1,11 @@
 """hf_tokcomp: input-stage visual token compression for HuggingFace multimodal LLMs (arXiv 2506.01097)."""
 
-from ._compat import check_transformers_version
+from .runtime._compat import VERSION, check_transformers_version
 
 check_transformers_version()
 
-from .compressor import TokenCompressor, TokenCompressorConfig  # noqa: E402
-from .hub_config import TokCompConfig  # noqa: E402
-from .hub_loader import TokCompForImageTextToText  # noqa: E402
+from .hub.config import TokCompConfig  # noqa: E402
+from .hub.loader import TokCompForImageTextToText  # noqa: E402
 from .models import (  # noqa: E402
     LlavaOnevisionCompressionConfig,
     LlavaOnevisionForConditionalGeneration,
@@ -18,9 +17,10 @@ from .models import (  # noqa: E402
     VilaForConditionalGeneration,
     VilaProcessor,
 )
-from .selection import SampleSelection  # noqa: E402
+from .runtime.compressor import TokenCompressor, TokenCompressorConfig  # noqa: E402
+from .runtime.selection import SampleSelection  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 
 def _register_auto_classes() -> None:

@@ -10,9 +10,9 @@ __all__ = ["main"]
 
 
 def _label(args: argparse.Namespace) -> None:
-    from .data import label_dataset, read_records
     from .models import load_compressed_model
     from .processor import load_processor
+    from .training.labels import label_dataset, read_records
 
     records = read_records(args.data, split=args.split)
     model = load_compressed_model(args.model).eval()
@@ -33,7 +33,7 @@ def _label(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .train import TrainArguments, train_compressor
+    from .training.train import TrainArguments, train_compressor
 
     settings = TrainArguments(
         epochs=args.epochs,
@@ -49,11 +49,11 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .data import read_records
-    from .evaluate import EvalSettings, evaluate
+    from .evaluation.harness import EvalSettings, evaluate
+    from .evaluation.report import eval_markdown, eval_plot
     from .models import load_compressed_model
     from .processor import load_processor
-    from .report import eval_markdown, eval_plot
+    from .training.labels import read_records
 
     settings = EvalSettings(
         keeps=tuple(args.keeps),
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="default: 0")
     train.set_defaults(run=_train)
 
-    from .evaluate import METHODS
+    from .evaluation.harness import METHODS
 
     evaluate = sub.add_parser(
         "eval",
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line (``tokcomp: error: ...``) and exit with 2."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser (options are passed through untouched)
-        from .bench import main as bench_main
+        from .bench.speed import main as bench_main
 
         bench_main(argv[1:])
         return 0

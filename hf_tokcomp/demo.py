@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from .compressor import TokenCompressor
-from .data import build_inputs, label_dataset, read_records
-from .evaluate import EvalSettings, evaluate
+from .evaluation.harness import EvalSettings, evaluate
+from .evaluation.overlay import overlay_kept, side_by_side
+from .evaluation.report import eval_markdown, eval_plot
 from .organism import ORGANISM_COMPRESSOR_DIR, load_organism
 from .organism.export import write_split
-from .overlay import overlay_kept, side_by_side
-from .report import eval_markdown, eval_plot
-from .train import TrainArguments, train_compressor
+from .runtime.compressor import TokenCompressor
+from .training.labels import build_inputs, label_dataset, read_records
+from .training.train import TrainArguments, train_compressor
 
 __all__ = ["main", "kept_tokens_figure"]
 

@@ -12,7 +12,7 @@ from transformers import AutoProcessor, PreTrainedTokenizerFast, Qwen2VLProcesso
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
-from .tiny import VOCAB
+from .testing.tiny_qwen import VOCAB
 
 __all__ = ["ImageQwen2VLProcessor", "load_processor", "word_level_qwen_processor", "CHAT_TEMPLATE"]
 

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 import hf_tokcomp
-from hf_tokcomp.tiny import tiny_qwen_config
+from hf_tokcomp.testing.tiny_qwen import tiny_qwen_config
 
 torch.set_num_threads(1)
 

@@ -4,8 +4,9 @@ import torch
 import transformers
 
 import hf_tokcomp
-from hf_tokcomp.baselines import RandomScores, UniformScores, fastv_generate
-from hf_tokcomp.tiny import make_qwen_inputs, tiny_qwen_config
+from hf_tokcomp.evaluation.baselines import RandomScores, UniformScores
+from hf_tokcomp.evaluation.fastv import fastv_generate
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs, tiny_qwen_config
 
 A = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
 B = [("text", [5]), ("image", (4, 6)), ("text", [10, 11, 12, 13])]

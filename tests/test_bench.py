@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from hf_tokcomp.bench import BenchSpec, add_ratios, fastv_keep_for_equal_tokens, headline, worker
-from hf_tokcomp.bench_models import BENCH_MODELS, PREFIX, BenchModel, llava_image_for, llava_image_tokens
-from hf_tokcomp.flops import flop_counter
+from hf_tokcomp.bench.models import BENCH_MODELS, PREFIX, BenchModel, llava_image_for, llava_image_tokens
+from hf_tokcomp.bench.speed import BenchSpec, add_ratios, fastv_keep_for_equal_tokens, headline, worker
+from hf_tokcomp.evaluation.flops import flop_counter
 from hf_tokcomp.models.vila import VilaConfig
-from hf_tokcomp.tiny import tiny_qwen_config
-from hf_tokcomp.tiny_llava import tiny_llava_onevision_config
-from hf_tokcomp.tiny_vila import tiny_vila_sub_configs
+from hf_tokcomp.testing.tiny_llava import tiny_llava_onevision_config
+from hf_tokcomp.testing.tiny_qwen import tiny_qwen_config
+from hf_tokcomp.testing.tiny_vila import tiny_vila_sub_configs
 
 
 def _tiny_vila(llm_layers: int, vision_layers: int) -> VilaConfig:
@@ -124,7 +124,7 @@ def test_llava_image_sizes_and_counts_match_the_stock_feature_path():
     """Sizes chosen by hand from the tiny config's pinpoints (16 px crops of 4x4 patches: (1,1) 36 tokens,
     (1,2) 52, (2,1) 56, (2,2) 88), and each count against the stock LLaVA-OneVision unpadding and row ends."""
     from hf_tokcomp import LlavaOnevisionForConditionalGeneration
-    from hf_tokcomp.tiny_llava import make_llava_inputs
+    from hf_tokcomp.testing.tiny_llava import make_llava_inputs
 
     model = LlavaOnevisionForConditionalGeneration(tiny_llava_onevision_config()).eval()
     config = model.config
@@ -189,7 +189,7 @@ def test_real_configs_have_the_published_widths():
 
 def test_cpu_peak_window_sees_an_allocation_after_a_larger_one():
     """The peak window starts at the reset: an earlier, larger allocation does not hide a later one."""
-    from hf_tokcomp.bench import _peak_mb, _reset_peak
+    from hf_tokcomp.bench.speed import _peak_mb, _reset_peak
 
     big = torch.ones(400 * 2**20 // 4)  # 400 MB, freed before the window starts
     del big

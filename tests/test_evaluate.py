@@ -8,13 +8,13 @@ from transformers import Qwen2VLForConditionalGeneration as StockQwen2VL
 
 import hf_tokcomp
 from hf_tokcomp import TokenCompressor, TokenCompressorConfig
-from hf_tokcomp.baselines import oracle_scores
 from hf_tokcomp.cli import main as tokcomp
-from hf_tokcomp.data import build_batch
-from hf_tokcomp.evaluate import EvalSettings, evaluate
+from hf_tokcomp.evaluation.baselines import oracle_scores
+from hf_tokcomp.evaluation.harness import EvalSettings, evaluate
 from hf_tokcomp.organism.export import write_split
 from hf_tokcomp.organism.model import organism_config, organism_processor
 from hf_tokcomp.organism.task import make_split
+from hf_tokcomp.training.labels import build_batch
 
 from .reference import naive_kept_positions, qwen_segment_sizes, stock_logits_on_shortened
 
@@ -156,7 +156,7 @@ def test_cli_eval_writes_json_markdown_and_plot(setup, tmp_path, capsys):
 
 
 def test_preset_scores_refuse_a_wrong_segment_count():
-    from hf_tokcomp.baselines import PresetScores
+    from hf_tokcomp.evaluation.baselines import PresetScores
 
     preset = PresetScores()
     preset.load([torch.zeros(4)])

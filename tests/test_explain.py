@@ -5,8 +5,8 @@ import torch
 import transformers
 
 import hf_tokcomp
-from hf_tokcomp.explain import visual_relevance
-from hf_tokcomp.tiny import make_qwen_inputs, tiny_qwen_config
+from hf_tokcomp.teachers.gae import visual_relevance
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs, tiny_qwen_config
 
 A = [("text", [5, 6]), ("image", (4, 6)), ("text", [7, 8, 9])]
 B = [("text", [5]), ("image", (4, 4)), ("text", [10]), ("image", (4, 4)), ("text", [11, 12])]

@@ -2,8 +2,8 @@
 
 import torch
 
-from hf_tokcomp.features import instruction_rows, layer0_attention_features
-from hf_tokcomp.tiny import make_qwen_inputs
+from hf_tokcomp.runtime.features import instruction_rows, layer0_attention_features
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
 
 from .reference import stock_merged_embeddings, stock_positions
 

@@ -3,7 +3,7 @@
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from hf_tokcomp.tiny import make_qwen_inputs
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
 
 from .fixed_scores import FixedScores, fixed_scores
 from .reference import naive_kept_positions, qwen_segment_sizes, stock_merged_embeddings, stock_positions

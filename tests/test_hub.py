@@ -13,8 +13,8 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 
 import hf_tokcomp
-from hf_tokcomp.hub import REPO_FILES
-from hf_tokcomp.tiny import make_qwen_inputs, tiny_qwen_config
+from hf_tokcomp.hub.writer import REPO_FILES
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs, tiny_qwen_config
 
 SAMPLE = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
 

@@ -5,7 +5,7 @@ import torch
 import transformers
 
 import hf_tokcomp
-from hf_tokcomp.tiny_llava import make_llava_inputs, tiny_llava_onevision_config
+from hf_tokcomp.testing.tiny_llava import make_llava_inputs, tiny_llava_onevision_config
 
 from .fixed_scores import FixedScores, fixed_scores
 from .reference import naive_kept_positions

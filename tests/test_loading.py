@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hf_tokcomp import TokenCompressor, TokenCompressorConfig
-from hf_tokcomp.tiny import make_qwen_inputs
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
 
 from .conftest import FAMILIES
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hf_tokcomp.occlusion import occlusion_relevance
-from hf_tokcomp.tiny import make_qwen_inputs
+from hf_tokcomp.teachers.occlusion import occlusion_relevance
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
 
 from .reference import stock_logits_on_shortened
 

@@ -11,10 +11,16 @@ from safetensors.torch import load_file, save_file
 import hf_tokcomp
 from hf_tokcomp import TokenCompressor
 from hf_tokcomp.cli import main as tokcomp
-from hf_tokcomp.data import build_inputs, label_dataset, read_records
 from hf_tokcomp.processor import load_processor, word_level_qwen_processor
-from hf_tokcomp.tiny import tiny_qwen_config
-from hf_tokcomp.train import TrainArguments, evaluate_segments, load_label_dirs, relevance_target, train_compressor
+from hf_tokcomp.testing.tiny_qwen import tiny_qwen_config
+from hf_tokcomp.training.labels import build_inputs, label_dataset, read_records
+from hf_tokcomp.training.train import (
+    TrainArguments,
+    evaluate_segments,
+    load_label_dirs,
+    relevance_target,
+    train_compressor,
+)
 
 WORDS = ["what", "colour", "is", "the", "square", "circle", "?", "red", "blue", "green", "how", "many"]
 
@@ -79,7 +85,7 @@ def test_interrupted_label_run_resumes_to_the_same_shards(workspace, tmp_path, m
     records = read_records(workspace / "data.jsonl")
     label_dataset(model, processor, records, tmp_path / "whole", shard_size=2, max_new_tokens=3, progress=False)
 
-    import hf_tokcomp.data as data
+    import hf_tokcomp.training.labels as data
 
     calls = {"n": 0}
     real = data.visual_relevance

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_tokcomp.selection import keep_count, select_top
+from hf_tokcomp.runtime.selection import keep_count, select_top
 
 
 @pytest.mark.parametrize(

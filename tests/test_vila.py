@@ -14,7 +14,7 @@ from transformers import LlamaForCausalLM, SiglipVisionModel
 
 import hf_tokcomp
 from hf_tokcomp.models.vila import VilaPreTrainedForConditionalGeneration, VilaProcessor
-from hf_tokcomp.tiny_vila import write_tiny_vila_checkpoint
+from hf_tokcomp.testing.tiny_vila import write_tiny_vila_checkpoint
 
 from .fixed_scores import FixedScores, fixed_scores
 from .reference import naive_kept_positions
@@ -294,7 +294,7 @@ def test_generate_matches_naive_loop_and_is_batch_invariant(ref, processor, ours
 
 def test_fastv_keeping_everything_equals_naive_greedy_loop(ref, processor, ours):
     """FastV reaches VILA's LLM through the model hooks (``llm.model``, ``llm.lm_head``)."""
-    from hf_tokcomp.baselines import fastv_generate
+    from hf_tokcomp.evaluation.fastv import fastv_generate
 
     names = BATCHES["mixed"]
     inputs = batch_inputs(processor, names)
@@ -388,8 +388,8 @@ def test_load_options_reach_every_part(checkpoint, processor, ours):
 
 
 def test_prefill_flops_split_finds_the_vila_tower_on_every_path(processor, ours):
-    from hf_tokcomp.baselines import UniformScores
-    from hf_tokcomp.evaluate import prefill_flops
+    from hf_tokcomp.evaluation.baselines import UniformScores
+    from hf_tokcomp.evaluation.harness import prefill_flops
 
     inputs = dict(batch_inputs(processor, ["image"]))
     full = prefill_flops(ours, inputs, "attention", 1.0)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from hf_tokcomp.models.vila import VilaProcessor, template_for_checkpoint
-from hf_tokcomp.tiny_vila import tiny_vila_tokenizer
+from hf_tokcomp.testing.tiny_vila import tiny_vila_tokenizer
 
 N = 16  # visual tokens per image in the tiny processor
 Q = "<image>\nWhat is it?"

@@ -17,9 +17,11 @@ from transformers import LlavaOnevisionConfig
 from transformers import LlavaOnevisionForConditionalGeneration as _StockLlavaOnevision
 from transformers.generation import GenerationMixin
 
-from ..config import token_keep_field
-from ..mixin import MergedInputs, TokenCompressionMixin, compressed_forward
-from ..segments import split_segments
+from ..hub.mixin import CompressorHubMixin
+from ..runtime.config import token_keep_field
+from ..runtime.mixin import MergedInputs, TokenCompressionMixin, compressed_forward
+from ..runtime.registry import register_family
+from ..runtime.segments import split_segments
 
 __all__ = ["LlavaOnevisionCompressionConfig", "LlavaOnevisionForConditionalGeneration"]
 
@@ -31,7 +33,10 @@ class LlavaOnevisionCompressionConfig(LlavaOnevisionConfig):
     token_keep: float | int = token_keep_field()
 
 
-class LlavaOnevisionForConditionalGeneration(TokenCompressionMixin, _StockLlavaOnevision, GenerationMixin):
+@register_family("llava_onevision")
+class LlavaOnevisionForConditionalGeneration(
+    CompressorHubMixin, TokenCompressionMixin, _StockLlavaOnevision, GenerationMixin
+):
     """``transformers.LlavaOnevisionForConditionalGeneration`` that keeps ``config.token_keep`` of each image's
     and video's visual tokens, chosen by ``self.compressor``. Load with
     ``from_pretrained(base, token_keep=0.5, compressor=None | dir | hub_id | module)``."""

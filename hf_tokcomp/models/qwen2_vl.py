@@ -7,8 +7,10 @@ from transformers import Qwen2VLConfig
 from transformers import Qwen2VLForConditionalGeneration as _StockQwen2VL
 from transformers.generation import GenerationMixin
 
-from ..config import token_keep_field
-from ..mixin import compressed_forward
+from ..hub.mixin import CompressorHubMixin
+from ..runtime.config import token_keep_field
+from ..runtime.mixin import compressed_forward
+from ..runtime.registry import register_family
 from .qwen_vl import QwenVLCompressionMixin
 
 __all__ = ["Qwen2VLCompressionConfig", "Qwen2VLForConditionalGeneration"]
@@ -21,7 +23,8 @@ class Qwen2VLCompressionConfig(Qwen2VLConfig):
     token_keep: float | int = token_keep_field()
 
 
-class Qwen2VLForConditionalGeneration(QwenVLCompressionMixin, _StockQwen2VL, GenerationMixin):
+@register_family("qwen2_vl")
+class Qwen2VLForConditionalGeneration(CompressorHubMixin, QwenVLCompressionMixin, _StockQwen2VL, GenerationMixin):
     """``transformers.Qwen2VLForConditionalGeneration`` that keeps ``config.token_keep`` of each image's and
     video's visual tokens, chosen by ``self.compressor``. Load with
     ``from_pretrained(base, token_keep=0.5, compressor=None | dir | hub_id | module)``."""

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from ..compression import CompressedBatch
-from ..mixin import MergedInputs, TokenCompressionMixin
-from ..segments import split_segments
+from ..runtime.compression import CompressedBatch
+from ..runtime.mixin import MergedInputs, TokenCompressionMixin
+from ..runtime.segments import split_segments
 
 __all__ = ["QwenVLCompressionMixin"]
 

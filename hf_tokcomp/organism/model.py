@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import Qwen2VLConfig
 
 from ..processor import ImageQwen2VLProcessor, word_level_qwen_processor
-from ..tiny import tiny_qwen_config
+from ..testing.tiny_qwen import tiny_qwen_config
 from .task import BACKGROUND, IMAGE_SIZE, Sample, vocabulary
 
 __all__ = ["organism_config", "organism_processor", "chat_text", "encode_samples", "blank_image"]

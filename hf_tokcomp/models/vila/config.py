@@ -13,7 +13,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ...config import token_keep_field
+from ...runtime.config import token_keep_field
 
 __all__ = ["VilaConfig", "IMAGE_TOKEN_ID", "VIDEO_TOKEN_ID", "TOKEN_ORDERS"]
 

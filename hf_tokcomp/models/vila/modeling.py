@@ -19,8 +19,10 @@ from transformers import LlamaForCausalLM, PreTrainedModel, SiglipVisionModel
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ...mixin import MergedInputs, TokenCompressionMixin, compressed_forward
-from ...segments import split_segments
+from ...hub.mixin import CompressorHubMixin
+from ...runtime.mixin import MergedInputs, TokenCompressionMixin, compressed_forward
+from ...runtime.registry import register_family
+from ...runtime.segments import split_segments
 from .checkpoint.loading import load_original, save_original
 from .config import VilaConfig
 from .projector import MlpDownsampleProjector
@@ -184,7 +186,10 @@ class VilaPreTrainedForConditionalGeneration(PreTrainedModel, GenerationMixin):
         )
 
 
-class VilaForConditionalGeneration(TokenCompressionMixin, VilaPreTrainedForConditionalGeneration, GenerationMixin):
+@register_family("llava_llama")
+class VilaForConditionalGeneration(
+    CompressorHubMixin, TokenCompressionMixin, VilaPreTrainedForConditionalGeneration, GenerationMixin
+):
     """VILA1.5 that keeps ``config.token_keep`` of each image's (each video frame's) visual tokens, chosen by
     ``self.compressor``. Load with ``from_pretrained(path_or_repo, token_keep=0.5, compressor=None | dir | hub_id |
     module)``; ``token_keep=1.0`` is exactly :class:`VilaPreTrainedForConditionalGeneration`."""

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compressor import TokenCompressor, TokenCompressorConfig
-from .data import LabelError, LabelSegment, load_label_dir
-from .selection import keep_count
+from ..runtime.compressor import TokenCompressor, TokenCompressorConfig
+from ..runtime.selection import keep_count
+from .labels import LabelError, LabelSegment, load_label_dir
 
 __all__ = ["TrainArguments", "relevance_target", "train_compressor", "evaluate_segments"]
 

@@ -42,12 +42,16 @@ class BenchModel:
     min_vision_layers: int = 1
 
     def model_class(self) -> type:
-        import hf_tokcomp
+        from ..models import (
+            LlavaOnevisionForConditionalGeneration,
+            Qwen2VLForConditionalGeneration,
+            VilaForConditionalGeneration,
+        )
 
         return {
-            "qwen2_vl": hf_tokcomp.Qwen2VLForConditionalGeneration,
-            "llava_onevision": hf_tokcomp.LlavaOnevisionForConditionalGeneration,
-            "vila": hf_tokcomp.VilaForConditionalGeneration,
+            "qwen2_vl": Qwen2VLForConditionalGeneration,
+            "llava_onevision": LlavaOnevisionForConditionalGeneration,
+            "vila": VilaForConditionalGeneration,
         }[self.family]
 
     def make_inputs(self, model, batch: int, visual_tokens: int, text_tokens: int) -> dict[str, torch.Tensor]:
@@ -56,7 +60,7 @@ class BenchModel:
         question = list(range(100, 100 + text_tokens))
         config = model.config
         if self.family == "qwen2_vl":
-            from .tiny import make_qwen_inputs
+            from ..testing.tiny_qwen import make_qwen_inputs
 
             grid = max(2, 2 * round(visual_tokens**0.5))  # grid x grid patches -> grid^2 / 4 tokens
             sample = [("text", PREFIX), ("image", (grid, grid)), ("text", question)]
@@ -180,7 +184,7 @@ def _llava_onevision_7b(llm_layers: int, vision_layers: int):
 def _vila15_3b(llm_layers: int, vision_layers: int):
     from transformers import LlamaConfig, SiglipVisionConfig
 
-    from .models.vila import VilaConfig
+    from ..models.vila import VilaConfig
 
     llm = LlamaConfig(  # Sheared-LLaMA-2.7B
         vocab_size=32000,

@@ -9,8 +9,9 @@ from typing import Any
 from safetensors.torch import load_file
 from transformers.utils import cached_file
 
-from .compressor import TokenCompressor, TokenCompressorConfig
-from .hub_config import TokCompConfig
+from ..runtime.compressor import TokenCompressor, TokenCompressorConfig
+from ..runtime.registry import family_class
+from .config import TokCompConfig
 
 __all__ = ["COMPRESSOR_WEIGHTS", "is_compressor_repo", "load_repo_compressor", "TokCompForImageTextToText"]
 
@@ -65,20 +66,12 @@ class TokCompForImageTextToText:
         compressor, config = load_repo_compressor(
             pretrained_model_name_or_path, config, revision=revision, **hub_kwargs
         )
-        from .models.registry import MODEL_CLASSES
-
-        if config.base_model_type not in MODEL_CLASSES:
-            raise ValueError(
-                f"compressor repo {str(pretrained_model_name_or_path)!r} is for model_type "
-                f"{config.base_model_type!r}; supported: {sorted(MODEL_CLASSES)}"
-            )
+        family = family_class(config.base_model_type, f"compressor repo {str(pretrained_model_name_or_path)!r}")
         kwargs.pop("trust_remote_code", None)
         if config.base_model_revision is not None:
             kwargs["revision"] = config.base_model_revision
         kwargs["token_keep"] = config.token_keep if token_keep is None else token_keep
-        return MODEL_CLASSES[config.base_model_type].from_pretrained(
-            config.base_model_name_or_path, *model_args, compressor=compressor, **kwargs
-        )
+        return family.from_pretrained(config.base_model_name_or_path, *model_args, compressor=compressor, **kwargs)
 
 
 def is_compressor_repo(path: str | os.PathLike, **hub_kwargs: Any) -> bool:

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from .compression import compress_batch
+from ..runtime.compression import compress_batch
 
 __all__ = ["visual_relevance", "append_answers", "greedy_answers", "cut_at_eos"]
 

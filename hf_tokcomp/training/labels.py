@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .explain import greedy_answers, visual_relevance
-from .occlusion import occlusion_relevance
+from ..teachers.gae import greedy_answers, visual_relevance
+from ..teachers.occlusion import occlusion_relevance
 
 __all__ = [
     "LabelSegment",

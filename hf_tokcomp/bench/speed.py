@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .bench_models import BENCH_MODELS, llava_image_for
+from .models import BENCH_MODELS, llava_image_for
 
 __all__ = ["BenchSpec", "run_benchmark", "fastv_keep_for_equal_tokens", "add_ratios", "markdown", "headline", "plot"]
 
@@ -113,7 +113,7 @@ def _kv_bytes(cache) -> int:
 
 
 def _flops(fn: Callable[[], Any]) -> int:
-    from .flops import flop_counter
+    from ..evaluation.flops import flop_counter
 
     with flop_counter() as counter:
         fn()
@@ -166,8 +166,8 @@ def _peak_mb(spec: BenchSpec, baseline: float) -> float:
 
 def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, Any]:
     """Measure one cell (runs inside a fresh process)."""
-    import hf_tokcomp
-    from hf_tokcomp.baselines import fastv_generate, fastv_prefill, fastv_prepare
+    from ..evaluation.fastv import fastv_generate, fastv_prefill, fastv_prepare
+    from ..runtime.compressor import TokenCompressor, TokenCompressorConfig
 
     torch.manual_seed(0)
     bench_model = BENCH_MODELS[spec.config]
@@ -176,7 +176,7 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
     dtype = getattr(torch, spec.dtype)
     model = bench_model.model_class()(config).to(spec.device, dtype).eval()
     model.generation_config.eos_token_id = None
-    model.compressor = hf_tokcomp.TokenCompressor(hf_tokcomp.TokenCompressorConfig()).to(spec.device).eval()
+    model.compressor = TokenCompressor(TokenCompressorConfig()).to(spec.device).eval()
     model.config.token_keep = keep if method == "ours" else 1.0
     with torch.no_grad():
         inputs = bench_model.make_inputs(model, batch, spec.visual_for(batch), spec.text_tokens)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import transformers
 from packaging.version import Version
 
-__all__ = ["SUPPORTED_TRANSFORMERS", "check_transformers_version"]
+__all__ = ["SUPPORTED_TRANSFORMERS", "VERSION", "check_transformers_version"]
+
+#: this package's version (pyproject.toml reads the same number)
+VERSION = "0.1.0"
 
 #: minimum (inclusive) and maximum (exclusive) tested transformers versions; keep in sync with pyproject.toml
 SUPPORTED_TRANSFORMERS = ("5.23.0", "5.24.0")

@@ -9,7 +9,7 @@ import torch
 from transformers import LlavaOnevisionConfig
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
-from .tiny import VOCAB
+from .tiny_qwen import VOCAB
 
 __all__ = ["tiny_llava_onevision_config", "make_llava_inputs"]
 

@@ -9,49 +9,20 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers.generation.streamers import BaseStreamer
-from transformers.utils import cached_file
 
 from .compression import CompressedBatch, compress_batch
-from .compressor import TokenCompressor
 from .config import check_token_keep
 from .features import instruction_rows, layer0_attention_features
-from .resolve import check_repo_base, resolve_compressor
+from .generation import PromptSwapStreamer, infer_attention_mask, lengths_as_new_tokens, with_caller_prompt
 from .selection import SampleSelection, select_top
 
-__all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward", "SAVED", "SAVED_COMPRESSOR_DIR"]
-
-#: default of ``from_pretrained(compressor=...)``: the compressor saved with the checkpoint, if any
-SAVED = object()
-#: where a full ``save_pretrained`` puts the compressor
-SAVED_COMPRESSOR_DIR = "compressor"
-
-
-def _saved_compressor(path: str | os.PathLike | None, kwargs: dict[str, Any]) -> str | None:
-    """The ``compressor/`` folder saved next to a checkpoint (local or Hub), or None."""
-    if path is None:
-        return None
-    hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
-    try:
-        found = cached_file(
-            str(path), f"{SAVED_COMPRESSOR_DIR}/config.json", _raise_exceptions_for_missing_entries=False, **hub
-        )
-    except (OSError, ValueError) as err:
-        warnings.warn(
-            f"could not check {str(path)!r} for a saved compressor ({err}); loading without one "
-            "(training-free scores). Pass `compressor=` explicitly to choose.",
-            stacklevel=3,
-        )
-        return None
-    return None if found is None else os.path.dirname(found)
+__all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward"]
 
 
 @dataclass
@@ -67,21 +38,6 @@ class MergedInputs:
     inputs_embeds: torch.Tensor
     visual_mask: torch.Tensor
     segments: list[list[tuple[str, int, int]]]
-
-
-class _PromptSwapStreamer(BaseStreamer):
-    """Hands the caller's own prompt to the user's streamer instead of the compressed one."""
-
-    def __init__(self, inner: BaseStreamer, prompt: torch.Tensor) -> None:
-        self.inner, self.prompt, self.first = inner, prompt, True
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.first:
-            self.first, value = False, self.prompt.cpu()
-        self.inner.put(value)
-
-    def end(self) -> None:
-        self.inner.end()
 
 
 class TokenCompressionMixin:
@@ -116,83 +72,6 @@ class TokenCompressionMixin:
     @classmethod
     def is_custom_code(cls) -> bool:
         return False
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike | None,
-        *model_args: Any,
-        compressor: str | os.PathLike | nn.Module | None | object = SAVED,
-        **kwargs: Any,
-    ):
-        """Load the stock checkpoint, then attach ``compressor``: a ``TokenCompressor`` directory / Hub id, a
-        compressor-only repo, a module, None (training-free), or by default the compressor saved with the
-        checkpoint (``compressor/``) if there is one. The compressor is loaded and checked FIRST, so a bad one
-        fails before the large download. ``token_keep=`` is a config override like any other."""
-        if compressor is SAVED:
-            compressor = _saved_compressor(pretrained_model_name_or_path, kwargs)
-        resolved = resolve_compressor(compressor, cls.config_class.model_type, cls._tokcomp_in_channels)
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        (loaded[0] if isinstance(loaded, tuple) else loaded)._tokcomp_attach(*resolved, str(compressor))
-        return loaded
-
-    def set_compressor(self, compressor: str | os.PathLike | nn.Module | None, **hub_kwargs: Any) -> None:
-        """Attach a compressor: a saved directory or Hub id, a compressor-only repo, a module, or None
-        (training-free). On any error the current compressor stays."""
-        resolved = resolve_compressor(compressor, self.config.model_type, self._tokcomp_in_channels, **hub_kwargs)
-        self._tokcomp_attach(*resolved, str(compressor))
-
-    def _tokcomp_attach(self, module: nn.Module | None, repo_config, name: str) -> None:
-        """Check a compressor repo against this base (hidden size, revision), then attach on the model's device."""
-        if repo_config is not None:
-            check_repo_base(repo_config, name, self.config, getattr(self.config, "_commit_hash", None))
-        self.compressor = None if module is None else module.to(self.device)
-
-    def save_pretrained(
-        self, save_directory: str | os.PathLike, *args: Any, compressor_only: bool = False, **kwargs: Any
-    ) -> None:
-        """``compressor_only=False``: the stock checkpoint (loadable by stock transformers) plus the compressor in
-        ``compressor/``, which our ``from_pretrained`` re-attaches. ``compressor_only=True``: a small
-        compressor-only repo (see :func:`hf_tokcomp.hub.save_compressor_repo`; its keyword arguments apply)."""
-        if compressor_only:
-            from .hub import save_compressor_repo
-
-            save_compressor_repo(self, save_directory, **kwargs)
-            return
-        push = kwargs.pop("push_to_hub", False)
-        repo_id = kwargs.pop("repo_id", None)
-        compressor = self._modules.pop("compressor", None)
-        try:
-            super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self._modules["compressor"] = compressor
-        if isinstance(compressor, TokenCompressor):
-            compressor.save_pretrained(os.path.join(save_directory, SAVED_COMPRESSOR_DIR))
-        elif compressor is not None:
-            warnings.warn(
-                f"`model.compressor` is a {type(compressor).__name__}, not a TokenCompressor: it is not "
-                "saved; reattach it after loading.",
-                stacklevel=2,
-            )
-        if push:  # after the compressor is written, so the upload holds it
-            from huggingface_hub import HfApi
-
-            repo_id = repo_id or os.path.basename(os.path.normpath(save_directory))
-            api = HfApi(token=kwargs.get("token"))
-            api.create_repo(repo_id, private=kwargs.get("private"), exist_ok=True)
-            api.upload_folder(
-                repo_id=repo_id,
-                folder_path=str(save_directory),
-                commit_message=kwargs.get("commit_message") or "Upload model (hf_tokcomp)",
-            )
-
-    def push_to_hub(self, repo_id: str, *args: Any, compressor_only: bool = False, **kwargs: Any):
-        """``compressor_only=True`` uploads exactly what ``save_pretrained(..., compressor_only=True)`` writes."""
-        if not compressor_only:
-            return super().push_to_hub(repo_id, *args, **kwargs)
-        from .hub import push_compressor_repo
-
-        return push_compressor_repo(self, repo_id, **kwargs)
 
     # ---- model-specific hooks -------------------------------------------------------------------------------
     def _tokcomp_merge(self, input_ids: torch.Tensor, visual: dict[str, Any]) -> MergedInputs:
@@ -417,14 +296,15 @@ class TokenCompressionMixin:
         self._tokcomp_take_visual(kwargs)
         attention_mask = kwargs.pop("attention_mask", None)
         if attention_mask is None:
-            attention_mask = self._tokcomp_infer_mask(input_ids, generation_config)
+            attention_mask = infer_attention_mask(input_ids, generation_config or self.generation_config)
         batch = self._tokcomp_compress(
             input_ids, attention_mask, kwargs.pop("position_ids", None), None, visual, left_padding=True
         )
         self._tokcomp_start_decoding(batch)
-        self._tokcomp_lengths_as_new_tokens(kwargs, generation_config, input_ids.shape[1])
+        configs = [c for c in (generation_config, self.generation_config) if c is not None]
+        lengths_as_new_tokens(kwargs, configs, input_ids.shape[1])
         if kwargs.get("streamer") is not None:
-            kwargs["streamer"] = _PromptSwapStreamer(kwargs["streamer"], input_ids)
+            kwargs["streamer"] = PromptSwapStreamer(kwargs["streamer"], input_ids)
         out = super().generate(
             input_ids=batch.input_ids,
             inputs_embeds=batch.inputs_embeds,
@@ -433,33 +313,7 @@ class TokenCompressionMixin:
             generation_config=generation_config,
             **kwargs,
         )
-        return _with_caller_prompt(out, input_ids, batch.input_ids.shape[1])
-
-    def _tokcomp_infer_mask(self, input_ids: torch.Tensor, generation_config) -> torch.Tensor:
-        """What stock ``generate`` infers without an ``attention_mask``: padding where the pad id (distinct from
-        the end-of-sequence ids) occurs, else all ones."""
-        config = generation_config if generation_config is not None else self.generation_config
-        pad, eos = config.pad_token_id, config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        if pad is None or pad in eos or not bool((input_ids == pad).any()):
-            return torch.ones_like(input_ids)
-        return (input_ids != pad).long()
-
-    def _tokcomp_lengths_as_new_tokens(self, kwargs: dict[str, Any], generation_config, prompt_len: int) -> None:
-        """An absolute ``max_length`` / ``min_length`` counts the caller's prompt; turn it into new tokens so
-        the compressed prompt generates exactly as many tokens as the stock model would."""
-        configs = [c for c in (generation_config, self.generation_config) if c is not None]  # stock's precedence
-        for name in ("max", "min"):
-            absolute, relative = f"{name}_length", f"{name}_new_tokens"
-            if kwargs.get(relative) is not None or (
-                kwargs.get(absolute) is None and any(getattr(c, relative, None) is not None for c in configs)
-            ):
-                continue
-            value = kwargs.pop(absolute, None)
-            for config in configs:
-                value = value if value is not None else getattr(config, absolute, None)
-            if value is not None and (name == "max" or value > 0):
-                kwargs[relative] = max(value - prompt_len, 0)
+        return with_caller_prompt(out, input_ids, batch.input_ids.shape[1])
 
 
 def compressed_forward(stock_forward: Callable[..., Any]) -> Callable[..., Any]:
@@ -474,14 +328,3 @@ def compressed_forward(stock_forward: Callable[..., Any]) -> Callable[..., Any]:
         return self._tokcomp_forward(**named, **bound.arguments.get("kwargs", {}))
 
     return forward
-
-
-def _with_caller_prompt(out: Any, input_ids: torch.Tensor, compressed_len: int) -> Any:
-    """Replace the compressed prompt at the start of the generated sequences with the caller's ``input_ids``."""
-    sequences = out if isinstance(out, torch.Tensor) else out.sequences
-    prompt = input_ids.to(sequences.device).repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
-    restored = torch.cat([prompt, sequences[:, compressed_len:]], dim=1)
-    if isinstance(out, torch.Tensor):
-        return restored
-    out.sequences = restored
-    return out

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compression import compress_batch
-from .explain import append_answers
+from ..runtime.compression import compress_batch
+from .gae import append_answers
 
 __all__ = ["occlusion_relevance"]
 

@@ -1,15 +1,10 @@
 """Compressor-only repos: write (weights, config with ``auto_map``, generated remote code, model card) and push.
 
-The remote code is GENERATED from this package's own modules (never edited by hand): the modules the runtime
-needs are concatenated with their package-relative imports removed, so the repo's code imports only the
-standard library, torch, transformers (and huggingface_hub, which transformers depends on).
+The remote code comes from :mod:`hf_tokcomp.hub.remote_code`; the card from ``hub_cards/``.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib
-import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -18,86 +13,17 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from .compressor import TokenCompressor
-from .hub_config import TokCompConfig
-from .hub_loader import COMPRESSOR_WEIGHTS
+from ..runtime._compat import VERSION
+from ..runtime.compressor import TokenCompressor
+from .config import TokCompConfig
+from .loader import COMPRESSOR_WEIGHTS
+from .remote_code import CONFIG_MODULE, MODELING_MODULE, remote_code
 
-__all__ = ["save_compressor_repo", "push_compressor_repo", "remote_code", "render_card", "REPO_FILES"]
+__all__ = ["save_compressor_repo", "push_compressor_repo", "render_card", "REPO_FILES"]
 
-CONFIG_MODULE, MODELING_MODULE = "configuration_tokcomp", "modeling_tokcomp"
 #: every file a compressor-only repo holds
 REPO_FILES = ("config.json", COMPRESSOR_WEIGHTS, f"{CONFIG_MODULE}.py", f"{MODELING_MODULE}.py", "README.md")
-#: the package modules the remote code is generated from, in dependency order
-_REMOTE_MODULES = (
-    "_compat",
-    "config",
-    "compressor",
-    "selection",
-    "features",
-    "compression",
-    "segments",
-    "hub_config",
-    "hub_loader",
-    "resolve",
-    "mixin",
-    "models.qwen_vl",
-    "models.qwen2_vl",
-    "models.qwen2_5_vl",
-    "models.llava_onevision",
-    "models.vila.config",
-    "models.vila.projector",
-    "models.vila.templates",
-    "models.vila.checkpoint.loading",
-    "models.vila.modeling",
-    "models.registry",
-)
-_CARDS = Path(__file__).resolve().parent.parent / "hub_cards"
-
-
-def _strip(source: str, module: str) -> tuple[str, set[str]]:
-    """Remove ``from __future__``, package-relative imports and ``__all__``; return the source and the
-    top-level names it defines."""
-    tree = ast.parse(source)
-    drop: set[int] = set()
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.level > 0 or node.module == "__future__"):
-            drop.update(range(node.lineno, node.end_lineno + 1))
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
-            drop.update(range(node.lineno, node.end_lineno + 1))
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            names.update(t.id for t in targets if isinstance(t, ast.Name))
-    lines = [line for i, line in enumerate(source.splitlines(), 1) if i not in drop]
-    return f"# ---- hf_tokcomp/{module.replace('.', '/')}.py ----\n" + "\n".join(lines).strip() + "\n", names
-
-
-def remote_code() -> dict[str, str]:
-    """``{file name: source}`` of the repo's self-contained code, generated from the installed package."""
-    from . import __version__
-
-    header = (
-        f'"""Generated from hf_tokcomp {__version__} by hf_tokcomp.hub.remote_code(): do not edit. '
-        'Imports only torch, transformers and the standard library."""\n\nfrom __future__ import annotations\n\n'
-    )
-    chunks, seen = [], {}
-    for module in _REMOTE_MODULES:
-        source = inspect.getsource(importlib.import_module(f"hf_tokcomp.{module}"))
-        chunk, names = _strip(source, module)
-        clash = {n for n in names if n in seen and not n.startswith("_Stock")}
-        if clash:
-            raise RuntimeError(
-                f"remote code generation: {sorted(clash)} defined in both {module} and "
-                f"{[seen[n] for n in clash]}; rename one"
-            )
-        seen.update(dict.fromkeys(names, module))
-        chunks.append(chunk)
-    modeling = header + "\n\n".join(chunks) + "\n\ncheck_transformers_version()\n"
-    config_chunk, _ = _strip(inspect.getsource(importlib.import_module("hf_tokcomp.hub_config")), "hub_config")
-    return {f"{MODELING_MODULE}.py": modeling, f"{CONFIG_MODULE}.py": header + config_chunk}
+_CARDS = Path(__file__).resolve().parents[2] / "hub_cards"
 
 
 def render_card(values: dict[str, Any], template: str = "compressor.md") -> str:
@@ -163,8 +89,6 @@ def save_compressor_repo(
     save_file(state, str(out / COMPRESSOR_WEIGHTS), metadata={"format": "pt"})
     for name, source in remote_code().items():
         (out / name).write_text(source)
-    from . import __version__
-
     (out / "README.md").write_text(
         render_card(
             {
@@ -180,7 +104,7 @@ def save_compressor_repo(
                 "token_keep_percent": f"{100 * config.token_keep:g}",
                 "num_parameters": f"{compressor.num_parameters():,}",
                 "compressor_settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
-                "version": __version__,
+                "version": VERSION,
                 "license": license,
                 "evaluation": evaluation
                 or "Not evaluated yet: `tokcomp eval` writes the retention table to paste here.",

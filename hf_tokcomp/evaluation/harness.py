@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .baselines import PresetScores, RandomScores, UniformScores, fastv_generate, oracle_scores, uniform_scores
-from .data import build_batch, normalise_answer
-from .explain import cut_at_eos, visual_relevance
+from ..runtime.selection import keep_count
+from ..teachers.gae import cut_at_eos, visual_relevance
+from ..teachers.occlusion import occlusion_relevance
+from ..training.labels import build_batch, normalise_answer
+from .baselines import PresetScores, RandomScores, UniformScores, oracle_scores, uniform_scores
+from .fastv import fastv_generate
 from .flops import flop_counter
-from .occlusion import occlusion_relevance
-from .selection import keep_count
 
 __all__ = ["METHODS", "EvalSettings", "evaluate", "prefill_flops"]
 

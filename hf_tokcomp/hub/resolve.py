@@ -7,9 +7,9 @@ import warnings
 
 from torch import nn
 
-from .compressor import TokenCompressor
-from .hub_config import TokCompConfig
-from .hub_loader import is_compressor_repo, load_repo_compressor
+from ..runtime.compressor import TokenCompressor
+from .config import TokCompConfig
+from .loader import is_compressor_repo, load_repo_compressor
 
 __all__ = ["resolve_compressor", "check_repo_base"]
 

@@ -1,0 +1,6 @@
+"""``python -m hf_tokcomp`` is the ``tokcomp`` command (also under ``accelerate launch -m hf_tokcomp``)."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The speed benchmark (``tokcomp bench``): the published models' widths and the timing harness."""

@@ -1,0 +1,1 @@
+"""Tiny configs, checkpoints and inputs for tests and benchmarks: real architectures at toy sizes."""
