@@ -22,6 +22,8 @@ _REMOTE_MODULES = (
     "runtime.registry",
     "runtime.compressor",
     "runtime.selection",
+    "runtime.scoring",
+    "runtime.continuation",
     "runtime.features",
     "runtime.compression",
     "runtime.segments",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["layer0_attention_features", "instruction_rows"]
+__all__ = ["answer_mask", "layer0_attention_features", "instruction_rows"]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -22,6 +22,32 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: (B, H, T, d); cos, sin: (B, T, d) -> (B, H, T, d)."""
     return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+
+
+def answer_mask(input_ids: torch.Tensor, labels: torch.Tensor, answer_start_ids: list[int] | None) -> torch.Tensor:
+    """``(B, L)`` bool, True on the answer of a training sequence: the tokens the selection must never read.
+
+    The answer starts after the LAST occurrence of ``answer_start_ids`` (the chat template's generation prompt,
+    which ``generate`` sees at the end of its prompt), whatever ``labels`` marks: collators that label the whole
+    conversation (TRL's vision-language collator) then select exactly what ``generate`` selects for the prompt.
+    Where the sequence has no such ids (or they are None), the answer is the labelled tokens (``!= -100``).
+
+    Args:
+        input_ids: ``(B, L)``.
+        labels: ``(B, L)``, -100 on tokens without a label.
+        answer_start_ids: the ids that open the answer, or None.
+    """
+    labelled = labels != -100
+    if not answer_start_ids or input_ids.shape[1] < len(answer_start_ids):
+        return labelled
+    header = torch.tensor(answer_start_ids, device=input_ids.device)
+    windows = input_ids.unfold(1, header.numel(), 1)  # (B, L - h + 1, h)
+    found = (windows == header).all(-1)
+    seq = torch.arange(found.shape[1], device=input_ids.device)
+    last = torch.where(found, seq, -1).amax(dim=1, keepdim=True)  # (B, 1) start of the last header, or -1
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+    after_header = positions >= last + header.numel()
+    return torch.where(last >= 0, after_header, labelled)
 
 
 def instruction_rows(visual_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -42,9 +68,10 @@ def instruction_rows(visual_mask: torch.Tensor, attention_mask: torch.Tensor) ->
     if missing.any():
         raise ValueError(
             f"sample(s) {missing.nonzero().flatten().tolist()} have no instruction tokens after their last visual "
-            "token; the layer-0 features need some (with `labels`, only tokens labelled -100, i.e. the prompt, "
-            "count). Put the question after the image/video, mask the prompt in `labels` with -100, or set "
-            "`token_keep=1.0`."
+            "token; the layer-0 features need some (with `labels`, the answer never counts: it starts after "
+            "`config.answer_start_ids` where the sequence holds them, else it is every labelled token). Put the "
+            "question after the image/video, set `model.config.answer_start_ids` to your chat template's "
+            "generation prompt ids (or mask the prompt in `labels` with -100), or set `token_keep=1.0`."
         )
     return rows
 

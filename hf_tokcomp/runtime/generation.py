@@ -11,7 +11,13 @@ from typing import Any
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-__all__ = ["PromptSwapStreamer", "infer_attention_mask", "lengths_as_new_tokens", "with_caller_prompt"]
+__all__ = [
+    "PromptSwapStreamer",
+    "check_generate_options",
+    "infer_attention_mask",
+    "lengths_as_new_tokens",
+    "with_caller_prompt",
+]
 
 
 class PromptSwapStreamer(BaseStreamer):
@@ -27,6 +33,40 @@ class PromptSwapStreamer(BaseStreamer):
 
     def end(self) -> None:
         self.inner.end()
+
+
+#: generate options that cannot run on a compressed prompt: what they need and why
+_REFUSED = {
+    "assistant_model": "speculative decoding verifies candidates with forwards that do not see the compressed prompt",
+    "prompt_lookup_num_tokens": "prompt-lookup decoding verifies candidates with forwards that do not see the "
+    "compressed prompt",
+    "assistant_early_exit": "self-speculative decoding verifies candidates with forwards that do not see the "
+    "compressed prompt",
+    "prefill_chunk_size": "chunked prefill re-feeds the prompt by ids, but the compressed prompt exists only as "
+    "embeddings",
+}
+
+
+def check_generate_options(generation_config: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse, naming the option, every ``generate`` option that would be silently wrong on a compressed prompt.
+
+    Args:
+        generation_config: the config ``generate`` will use (the caller's, else the model's).
+        kwargs: the ``generate`` keyword arguments (which override the config).
+    """
+    for name, why in _REFUSED.items():
+        value = kwargs.get(name, getattr(generation_config, name, None))
+        if value is not None:
+            raise ValueError(
+                f"`{name}`={value!r} is not supported with token compression: {why}. Drop `{name}`, or set "
+                "`model.config.token_keep = 1.0` to run the stock model."
+            )
+    if kwargs.get("use_cache", getattr(generation_config, "use_cache", True)) is False:
+        raise ValueError(
+            "`use_cache=False` is not supported with token compression: without a cache every step would re-run "
+            "the prompt from its ids, but the compressed prompt exists only as embeddings. Use the default "
+            "`use_cache=True` (the same tokens), or set `model.config.token_keep = 1.0`."
+        )
 
 
 def infer_attention_mask(input_ids: torch.Tensor, generation_config: Any) -> torch.Tensor:

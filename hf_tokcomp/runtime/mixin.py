@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,36 @@ import torch
 from torch import nn
 
 from .compression import CompressedBatch, compress_batch
-from .config import check_token_keep
-from .features import instruction_rows, layer0_attention_features
-from .generation import PromptSwapStreamer, infer_attention_mask, lengths_as_new_tokens, with_caller_prompt
-from .selection import SampleSelection, select_top
+from .config import as_config_class, check_token_keep
+from .continuation import CompressedPrompt, attach_prompt, prompt_of
+from .features import answer_mask, instruction_rows, layer0_attention_features
+from .generation import (
+    PromptSwapStreamer,
+    check_generate_options,
+    infer_attention_mask,
+    lengths_as_new_tokens,
+    with_caller_prompt,
+)
+from .scoring import LazySelections, pack_segments, score_segments, select_segments
+from .selection import SampleSelection
 
-__all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward"]
+__all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward", "eval_mode"]
+
+
+@contextmanager
+def eval_mode(module: nn.Module | None) -> Iterator[None]:
+    """Run ``module`` (and its children) in eval mode, then restore every submodule's own training flag: the
+    selection must not depend on dropout (``model.train()``, LoRA dropout on layer 0)."""
+    if module is None:
+        yield
+        return
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 @dataclass
@@ -60,11 +85,11 @@ class TokenCompressionMixin:
     def __init__(self, config, *args: Any, **kwargs: Any) -> None:
         """Accepts the stock config too (converted to the family's ``config_class``, which adds ``token_keep``)."""
         if not isinstance(config, self.config_class):
-            config = self.config_class(**config.to_dict())
+            config = as_config_class(config, self.config_class)
         super().__init__(config, *args, **kwargs)
         check_token_keep(self.config.token_keep)
         self.compressor: nn.Module | None = None
-        self.last_compression: list[SampleSelection] | None = None
+        self.last_compression = None
 
     # transformers treats classes outside `transformers.*` as custom code, which switches off the checkpoint
     # key renaming (the whole LLM would load randomly initialised) and takes another init path. Our classes are
@@ -114,12 +139,26 @@ class TokenCompressionMixin:
         """Update any cached decoding state (e.g. a rope delta) after a compressed prefill."""
 
     # ---- shared runtime ---------------------------------------------------------------------------------------
+    @property
+    def last_compression(self) -> list[SampleSelection] | None:
+        """After a call that compressed, one :class:`SampleSelection` per sample (per returned sequence's source
+        sample); None after any call that did not compress. Built on first access (no host syncs in forward)."""
+        last = self.__dict__.get("_tokcomp_last")
+        if isinstance(last, LazySelections):
+            last = self.__dict__["_tokcomp_last"] = last.materialize()
+        return last
+
+    @last_compression.setter
+    def last_compression(self, value: list[SampleSelection] | LazySelections | None) -> None:
+        self.__dict__["_tokcomp_last"] = value
+
     def _tokcomp_wants(self, visual: dict[str, Any], past_key_values: Any) -> bool:
         """Whether this call compresses: visual inputs present, token_keep < 1, and an empty cache."""
+        if not self.__dict__.get("_tokcomp_generating", False):
+            self.last_compression = None  # a new call: nothing compressed yet
         if not any(visual.get(k) is not None for k in self._tokcomp_pixel_keys):
             return False
         if self.config.token_keep >= 1.0:
-            self.last_compression = None
             return False
         if past_key_values is not None and past_key_values.get_seq_length() > 0:
             raise ValueError(
@@ -137,24 +176,6 @@ class TokenCompressionMixin:
             )
         for key in self._tokcomp_visual_keys:
             kwargs.pop(key, None)
-
-    def _tokcomp_score(self, features: torch.Tensor) -> torch.Tensor:
-        """``(n,)`` features of one segment -> ``(n,)`` scores."""
-        if self.compressor is None:
-            return features
-        params = next(self.compressor.parameters(), None)
-        x = features[None, None, :] if params is None else features.to(params.device, params.dtype)[None, None, :]
-        with torch.no_grad():
-            scores = self.compressor(x)
-        if not isinstance(scores, torch.Tensor) or scores.shape != (1, features.shape[0]):
-            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-            raise ValueError(
-                f"`model.compressor` must map (batch, in_channels, n) features to (batch, n) scores; for n="
-                f"{features.shape[0]} it returned {got}."
-            )
-        if not torch.isfinite(scores).all():
-            raise ValueError("`model.compressor` returned non-finite scores (nan/inf); check its weights.")
-        return scores[0].float().to(features.device)
 
     def _tokcomp_compress(
         self,
@@ -184,17 +205,22 @@ class TokenCompressionMixin:
     def _tokcomp_features(
         self,
         merged: MergedInputs,
+        input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(B, L)`` layer-0 attention features of every position (see :mod:`hf_tokcomp.features`). With
-        ``labels``, tokens that carry a label (the answer) are not query rows: the selection must not see it."""
+        """``(B, L)`` layer-0 attention features of every position (see :mod:`hf_tokcomp.runtime.features`),
+        computed in eval mode (no dropout: training selects what generation selects). With ``labels``, the
+        answer (see :func:`answer_mask`) is never a query row: the selection must not see it."""
         cos, sin = self._tokcomp_rotary(merged.inputs_embeds, position_ids)
-        prompt = attention_mask if labels is None else attention_mask * (labels == -100)
+        prompt = attention_mask
+        if labels is not None:
+            prompt = attention_mask * ~answer_mask(input_ids, labels, self.config.answer_start_ids)
         rows = instruction_rows(merged.visual_mask, prompt)
         layer0 = self._tokcomp_decoder_layer0()
-        return layer0_attention_features(merged.inputs_embeds, layer0, cos, sin, attention_mask, rows)
+        with eval_mode(layer0):
+            return layer0_attention_features(merged.inputs_embeds, layer0, cos, sin, attention_mask, rows)
 
     @torch.no_grad()
     def compressor_features(
@@ -214,8 +240,8 @@ class TokenCompressionMixin:
         visual = {k: visual.get(k) for k in self._tokcomp_visual_keys}
         merged = self._tokcomp_merge(input_ids, visual)
         positions = self._tokcomp_positions(input_ids, attention_mask, visual, None)
-        features = self._tokcomp_features(merged, attention_mask, positions)
-        return [[(kind, features[b, s:e][None].cpu()) for kind, s, e in segs] for b, segs in enumerate(merged.segments)]
+        features = self._tokcomp_features(merged, input_ids, attention_mask, positions).cpu()
+        return [[(kind, features[b, s:e][None]) for kind, s, e in segs] for b, segs in enumerate(merged.segments)]
 
     def _tokcomp_select(
         self,
@@ -228,27 +254,17 @@ class TokenCompressionMixin:
         left_padding: bool | None = None,
     ) -> CompressedBatch:
         """Everything after the vision tower: positions, features, scores, selection, gather (the overhead
-        that compression adds to a prefill)."""
+        that compression adds to a prefill). The compressor runs once for all segments of the batch, in eval
+        mode; the host syncs do not grow with the number of segments."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         position_ids = self._tokcomp_positions(input_ids, attention_mask, visual, position_ids)
-        features = self._tokcomp_features(merged, attention_mask, position_ids, labels)
-
+        features = self._tokcomp_features(merged, input_ids, attention_mask, position_ids, labels)
+        block = pack_segments(merged.segments, features.device)
+        with eval_mode(self.compressor):
+            scores = score_segments(features, block, self.compressor)
         keep = attention_mask.bool() & ~merged.visual_mask
-        records = []
-        for b, segments in enumerate(merged.segments):
-            record, offset = SampleSelection(), 0
-            for kind, start, end in segments:
-                scores = self._tokcomp_score(features[b, start:end])
-                kept = select_top(scores, self.config.token_keep)
-                keep[b, start + kept] = True
-                record.kinds.append(kind)
-                record.num_tokens.append(end - start)
-                record.kept.append((kept + offset).cpu())
-                record.scores.append(scores[kept].cpu())
-                offset += end - start
-            records.append(record)
-
+        selections = select_segments(scores, block, self.config.token_keep, keep)
         batch = compress_batch(
             keep,
             input_ids,
@@ -258,14 +274,30 @@ class TokenCompressionMixin:
             pad_token_id=self.config.get_text_config().pad_token_id or 0,
             left_padding=bool(attention_mask[:, -1].all()) if left_padding is None else left_padding,
         )
-        self.last_compression = records
+        self.last_compression = selections
         return batch
 
     def _tokcomp_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
         """The stock forward on the compressed sequence when compression applies (logits, loss and cache are
-        then those of the kept tokens), else exactly the stock forward."""
+        then those of the kept tokens), else exactly the stock forward. On a cache filled by a compressed
+        prefill, the caller's mask is translated and the new tokens keep their original positions."""
         visual = {k: kwargs.get(k) for k in self._tokcomp_visual_keys}
         if not self._tokcomp_wants(visual, past_key_values):
+            prompt = None if self.__dict__.get("_tokcomp_generating") else prompt_of(past_key_values)
+            if prompt is not None and input_ids is not None:
+                prompt = prompt.rows(input_ids.shape[0])
+                done = past_key_values.get_seq_length() - prompt.input_ids.shape[1]  # tokens after the prompt
+                if attention_mask is not None:
+                    caller = prompt.caller_ids.shape[1] + done + input_ids.shape[1]
+                    if attention_mask.shape[1] != caller:
+                        raise ValueError(
+                            f"`attention_mask` has {attention_mask.shape[1]} columns; on this cache (filled by a "
+                            f"compressed prompt) it must cover the caller's view: {caller} = prompt + earlier "
+                            "tokens + `input_ids`."
+                        )
+                    attention_mask = prompt.compressed_mask(attention_mask)
+                if position_ids is None:
+                    position_ids = prompt.positions_after(done, input_ids.shape[1]).to(input_ids.device)
             return super().forward(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -276,22 +308,32 @@ class TokenCompressionMixin:
         self._tokcomp_take_visual(kwargs)
         batch = self._tokcomp_compress(input_ids, attention_mask, position_ids, kwargs.pop("labels", None), visual)
         self._tokcomp_start_decoding(batch)
-        return super().forward(
+        positions = self._tokcomp_llm_positions(batch)
+        out = super().forward(
             input_ids=None,
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
-            position_ids=self._tokcomp_llm_positions(batch),
+            position_ids=positions,
             labels=batch.labels,
             past_key_values=past_key_values,
             **kwargs,
         )
+        cache = getattr(out, "past_key_values", None)
+        attach_prompt(cache, CompressedPrompt(input_ids, batch.input_ids, batch.attention_mask, positions))
+        return out
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """``GenerationMixin.generate`` on the compressed prompt. The returned sequences start with the
-        caller's own ``input_ids``; the KV cache holds only the compressed prompt."""
+        caller's own ``input_ids``; the KV cache holds only the compressed prompt (and records it, so that a
+        later ``generate`` on that cache with the returned sequences plus a new turn continues exactly)."""
         visual = {k: kwargs.get(k) for k in self._tokcomp_visual_keys}
-        if not self._tokcomp_wants(visual, kwargs.get("past_key_values")):
-            return super().generate(inputs, generation_config=generation_config, **kwargs)
+        cache = kwargs.get("past_key_values")
+        if not self._tokcomp_wants(visual, cache):
+            prompt = prompt_of(cache)
+            if prompt is None:
+                return super().generate(inputs, generation_config=generation_config, **kwargs)
+            return self._tokcomp_continue(prompt, inputs, generation_config, kwargs)
+        check_generate_options(generation_config or self.generation_config, kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         self._tokcomp_take_visual(kwargs)
         attention_mask = kwargs.pop("attention_mask", None)
@@ -301,19 +343,59 @@ class TokenCompressionMixin:
             input_ids, attention_mask, kwargs.pop("position_ids", None), None, visual, left_padding=True
         )
         self._tokcomp_start_decoding(batch)
-        configs = [c for c in (generation_config, self.generation_config) if c is not None]
-        lengths_as_new_tokens(kwargs, configs, input_ids.shape[1])
-        if kwargs.get("streamer") is not None:
-            kwargs["streamer"] = PromptSwapStreamer(kwargs["streamer"], input_ids)
-        out = super().generate(
-            input_ids=batch.input_ids,
-            inputs_embeds=batch.inputs_embeds,
-            attention_mask=batch.attention_mask,
-            position_ids=self._tokcomp_llm_positions(batch),
-            generation_config=generation_config,
-            **kwargs,
+        positions = self._tokcomp_llm_positions(batch)
+        prompt = CompressedPrompt(
+            input_ids.to(batch.input_ids.device), batch.input_ids, batch.attention_mask, positions
         )
-        return with_caller_prompt(out, input_ids, batch.input_ids.shape[1])
+        return self._tokcomp_generate(
+            prompt,
+            batch.input_ids,
+            batch.attention_mask,
+            positions,
+            input_ids,
+            generation_config,
+            dict(kwargs, inputs_embeds=batch.inputs_embeds),
+        )
+
+    def _tokcomp_continue(self, prompt: CompressedPrompt, inputs, generation_config, kwargs: dict[str, Any]):
+        """``generate`` on a cache filled by a compressed prompt: the caller's ids (the returned sequences, then
+        the new tokens) are translated to what the cache holds, the new tokens keep their original positions."""
+        check_generate_options(generation_config or self.generation_config, kwargs)
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        if input_ids is None:
+            raise ValueError("`generate` on a cache filled by a compressed prompt needs `input_ids`.")
+        if kwargs.get("position_ids") is not None:
+            raise ValueError(
+                "`position_ids` cannot be passed with a cache filled by a compressed prompt: the new tokens take "
+                "their original positions after it. Drop `position_ids`."
+            )
+        prompt = prompt.rows(input_ids.shape[0])
+        ids, mask = prompt.compressed_view(input_ids, kwargs.pop("attention_mask", None))
+        after = ids.shape[1] - prompt.input_ids.shape[1]
+        positions = torch.cat([prompt.positions.to(ids.device), prompt.positions_after(0, after).to(ids.device)], -1)
+        return self._tokcomp_generate(prompt, ids, mask, positions, input_ids, generation_config, kwargs)
+
+    def _tokcomp_generate(self, prompt, ids, mask, positions, caller_ids, generation_config, kwargs):
+        """Stock ``generate`` on the compressed view ``ids`` ``(B, L')``; lengths, streamer and the returned
+        sequences in the caller's view ``caller_ids`` ``(B, L)``; the cache records ``prompt``."""
+        configs = [c for c in (generation_config, self.generation_config) if c is not None]
+        lengths_as_new_tokens(kwargs, configs, caller_ids.shape[1])
+        if kwargs.get("streamer") is not None:
+            kwargs["streamer"] = PromptSwapStreamer(kwargs["streamer"], caller_ids)
+        self.__dict__["_tokcomp_generating"] = True
+        try:
+            out = super().generate(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                generation_config=generation_config,
+                **kwargs,
+            )
+        finally:
+            self.__dict__["_tokcomp_generating"] = False
+        cache = getattr(out, "past_key_values", None)
+        attach_prompt(cache if cache is not None else kwargs.get("past_key_values"), prompt)
+        return with_caller_prompt(out, caller_ids, ids.shape[1])
 
 
 def compressed_forward(stock_forward: Callable[..., Any]) -> Callable[..., Any]:
