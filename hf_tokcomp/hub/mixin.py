@@ -6,30 +6,83 @@ Every family class lists :class:`CompressorHubMixin` first, before the runtime m
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 from transformers.utils import cached_file
 
 from ..runtime.compressor import TokenCompressor
+from ..runtime.config import COMPRESSION_FIELDS
 from .resolve import check_repo_base, resolve_compressor
 from .writer import push_compressor_repo, save_compressor_repo
 
-__all__ = ["CompressorHubMixin", "SAVED", "SAVED_COMPRESSOR_DIR"]
+__all__ = ["CompressorHubMixin", "SAVED", "SAVED_COMPRESSOR_DIR", "SETTINGS_FILE"]
 
 #: default of ``from_pretrained(compressor=...)``: the compressor saved with the checkpoint, if any
 SAVED = object()
 #: where a full ``save_pretrained`` puts the compressor
 SAVED_COMPRESSOR_DIR = "compressor"
+#: where a full ``save_pretrained`` puts the compression settings (``token_keep``, ...): NOT in config.json, which
+#: stock classes read and would then report a ``token_keep`` they do not apply
+SETTINGS_FILE = "hf_tokcomp.json"
+
+
+def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+
+
+def _saved_settings(path: str | os.PathLike | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The compression settings saved next to a checkpoint (:data:`SETTINGS_FILE`), or {}."""
+    if path is None:
+        return {}
+    try:
+        found = cached_file(
+            str(path), SETTINGS_FILE, _raise_exceptions_for_missing_entries=False, **_hub_kwargs(kwargs)
+        )
+    except (OSError, ValueError):
+        return {}
+    if found is None:
+        return {}
+    with open(found) as handle:
+        settings = json.load(handle)
+    unknown = sorted(set(settings) - set(COMPRESSION_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"{str(path)!r}: {SETTINGS_FILE} holds unknown settings {unknown}; known: {list(COMPRESSION_FIELDS)}. "
+            "It was written by another hf_tokcomp version: upgrade hf_tokcomp or remove those keys."
+        )
+    return settings
+
+
+def _move_settings(save_directory: str | os.PathLike, config: Any) -> None:
+    """Take the compression settings out of the saved config.json (a stock class would report them without
+    applying them) and write them to :data:`SETTINGS_FILE`, which our ``from_pretrained`` reads."""
+    config_file = Path(save_directory) / "config.json"
+    if config_file.is_file():
+        saved = json.loads(config_file.read_text())
+        if any(field in saved for field in COMPRESSION_FIELDS):
+            for field in COMPRESSION_FIELDS:
+                saved.pop(field, None)
+            _write_atomic(config_file, json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    settings = {field: getattr(config, field) for field in COMPRESSION_FIELDS if hasattr(config, field)}
+    _write_atomic(Path(save_directory) / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _saved_compressor(path: str | os.PathLike | None, kwargs: dict[str, Any]) -> str | None:
     """The ``compressor/`` folder saved next to a checkpoint (local or Hub), or None."""
     if path is None:
         return None
-    hub = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+    hub = _hub_kwargs(kwargs)
     try:
         found = cached_file(
             str(path), f"{SAVED_COMPRESSOR_DIR}/config.json", _raise_exceptions_for_missing_entries=False, **hub
@@ -58,7 +111,10 @@ class CompressorHubMixin:
         """Load the stock checkpoint, then attach ``compressor``: a ``TokenCompressor`` directory / Hub id, a
         compressor-only repo, a module, None (training-free), or by default the compressor saved with the
         checkpoint (``compressor/``) if there is one. The compressor is loaded and checked FIRST, so a bad one
-        fails before the large download. ``token_keep=`` is a config override like any other."""
+        fails before the large download. ``token_keep=`` is a config override like any other; without it, the
+        setting saved by our ``save_pretrained`` (:data:`SETTINGS_FILE`) applies."""
+        for field, value in _saved_settings(pretrained_model_name_or_path, kwargs).items():
+            kwargs.setdefault(field, value)
         if compressor is SAVED:
             compressor = _saved_compressor(pretrained_model_name_or_path, kwargs)
         resolved = resolve_compressor(compressor, cls.config_class.model_type, cls._tokcomp_in_channels)
@@ -94,6 +150,7 @@ class CompressorHubMixin:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             self._modules["compressor"] = compressor
+        _move_settings(save_directory, self.config)
         if isinstance(compressor, TokenCompressor):
             compressor.save_pretrained(os.path.join(save_directory, SAVED_COMPRESSOR_DIR))
         elif compressor is not None:

@@ -83,6 +83,19 @@ class TokenCompressor(PreTrainedModel):
         self.head = nn.Conv1d(widths[-1], 1, 1)
         self.post_init()
 
+    def _apply(self, fn, recurse: bool = True):
+        """Moves follow the model, dtype casts do not: the weights stay float32 whatever ``model.to(dtype)`` /
+        ``.half()`` asks, so the scores (and which tokens tie at the cut) do not depend on how the model reached
+        its dtype. A ``dtype=`` load keeps float32 the same way."""
+
+        def move_only(t: torch.Tensor) -> torch.Tensor:
+            moved = fn(t)
+            if t.is_floating_point() and moved.dtype != t.dtype:
+                return t.to(moved.device)
+            return moved
+
+        return super()._apply(move_only, recurse)
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Conv1d):
             module.reset_parameters()

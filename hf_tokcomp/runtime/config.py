@@ -7,6 +7,7 @@ from typing import Any
 from huggingface_hub.dataclasses import validated_field
 
 __all__ = [
+    "COMPRESSION_FIELDS",
     "QWEN_ANSWER_START",
     "answer_start_field",
     "as_config_class",
@@ -29,6 +30,9 @@ def token_keep_field(default: float = 1.0):
     """A dataclass field validated on construction, on ``from_pretrained`` overrides and on assignment."""
     return validated_field(validator=check_token_keep, default=default)
 
+
+#: the config fields every compression config adds to its stock config
+COMPRESSION_FIELDS = ("token_keep", "answer_start_ids")
 
 #: ``<|im_start|>assistant\n`` in the Qwen2 tokenizer (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision's Qwen2 LLM)
 QWEN_ANSWER_START = (151644, 77091, 198)

@@ -78,9 +78,12 @@ class CompressedPrompt:
 
     def positions_after(self, offset: int, count: int) -> torch.Tensor:
         """``(*P, B, count)`` positions of the tokens ``offset .. offset + count - 1`` after the prompt: they
-        continue from the prompt's last position (generation pads left, so the last column is real)."""
+        continue from the prompt's largest real position on each row (its last text token's, whatever the
+        padding side)."""
+        real = self.attention_mask.to(self.positions.device).bool()
+        last = self.positions.masked_fill(~real, torch.iinfo(self.positions.dtype).min).amax(-1, keepdim=True)
         step = torch.arange(offset + 1, offset + count + 1, device=self.positions.device)
-        return self.positions[..., -1:] + step
+        return last + step
 
 
 def attach_prompt(cache: Any, prompt: CompressedPrompt) -> None:

@@ -63,7 +63,7 @@ def check_generate_options(generation_config: Any, kwargs: dict[str, Any]) -> No
             )
     if kwargs.get("use_cache", getattr(generation_config, "use_cache", True)) is False:
         raise ValueError(
-            "`use_cache=False` is not supported with token compression: without a cache every step would re-run "
+            "`use_cache`=False is not supported with token compression: without a cache every step would re-run "
             "the prompt from its ids, but the compressed prompt exists only as embeddings. Use the default "
             "`use_cache=True` (the same tokens), or set `model.config.token_keep = 1.0`."
         )
