@@ -165,3 +165,61 @@ def test_loading_and_bad_inputs(checkpoint, tmp_path):
     hf_tokcomp.TokenCompressor(hf_tokcomp.TokenCompressorConfig(base_model_type="qwen2_vl")).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="trained for model_type 'qwen2_vl'"):
         cls.from_pretrained(checkpoint[1], compressor=tmp_path)
+
+
+def naive_last_logits(stock, inputs, kept, b, appended):
+    """``(V,)`` stock logits after sample ``b``'s hand-shortened prompt plus ``appended`` tokens, which continue
+    the original 1-D positions (no cache, explicit mask)."""
+    with torch.no_grad():
+        embeds = stock.model.get_input_embeddings()(inputs["input_ids"])
+        feats = torch.cat(
+            stock.model.get_image_features(
+                inputs["pixel_values"], inputs["image_sizes"], batch_num_images=inputs["batch_num_images"]
+            ).pooler_output
+        )
+        embeds = embeds.masked_scatter((inputs["input_ids"] == stock.config.image_token_id)[..., None], feats)
+        pad = int((inputs["attention_mask"][b] == 0).sum())
+        idx = kept[b]
+        seq, pos = embeds[b, idx], torch.tensor(idx) - pad
+        if appended:
+            seq = torch.cat([seq, stock.model.get_input_embeddings()(torch.tensor(appended))])
+            pos = torch.cat([pos, pos[-1] + torch.arange(1, len(appended) + 1)])
+        mask = torch.ones(1, seq.shape[0], dtype=torch.long)
+        return stock(inputs_embeds=seq[None], position_ids=pos[None], attention_mask=mask).logits[0, -1]
+
+
+def test_manual_decoding_loop_and_second_turn_continue_at_the_original_positions(stock, ours):
+    """1-D RoPE has no rope delta: without the compressed prompt recorded on the cache, the new tokens would take
+    the compressed length as their position."""
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.25
+    inputs = make_llava_inputs([ANYRES, SQUARE], stock)
+    kept = naive_kept_positions(inputs, segment_sizes(stock, inputs), fixed_scores, 0.25)
+    mask, tokens = inputs["attention_mask"], [[], []]
+    with torch.no_grad():
+        out = ours(**inputs, use_cache=True)
+        for _ in range(2):
+            step = out.logits[:, -1].argmax(-1)
+            for b in range(2):
+                tokens[b].append(int(step[b]))
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+            out = ours(input_ids=step[:, None], attention_mask=mask, past_key_values=out.past_key_values)
+            for b in range(2):
+                expected = naive_last_logits(stock, inputs, kept, b, tokens[b])
+                torch.testing.assert_close(out.logits[b, -1], expected, rtol=1e-5, atol=1e-5)
+        first = ours.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+        turn = torch.tensor([[20, 21]] * 2)
+        second = ours.generate(
+            input_ids=torch.cat([first.sequences, turn], 1),
+            attention_mask=torch.cat([inputs["attention_mask"], torch.ones(2, 4, dtype=torch.long)], 1),
+            past_key_values=first.past_key_values,
+            max_new_tokens=2,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+    prompt_len = inputs["input_ids"].shape[1]
+    for b in range(2):
+        history = first.sequences[b, prompt_len:].tolist() + [20, 21]
+        expected = naive_last_logits(stock, inputs, kept, b, history)
+        torch.testing.assert_close(second.logits[0][b], expected, rtol=1e-5, atol=1e-5)
+        assert int(second.sequences[b, prompt_len + 4]) == int(expected.argmax())

@@ -94,6 +94,7 @@ def attach_prompt(cache: Any, prompt: CompressedPrompt) -> None:
 
 def prompt_of(cache: Any) -> CompressedPrompt | None:
     """The :class:`CompressedPrompt` a non-empty ``cache`` was filled from, or None."""
-    if cache is None or cache.get_seq_length() == 0:
+    prompt = getattr(cache, _ATTRIBUTE, None)  # checked first: a plain cache costs no tensor op (torch.compile)
+    if prompt is None or cache.get_seq_length() == 0:
         return None
-    return getattr(cache, _ATTRIBUTE, None)
+    return prompt
