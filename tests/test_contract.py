@@ -108,6 +108,7 @@ def test_options_that_cannot_be_exact_are_refused_by_name(stock, ours, option):
 
 def test_prompt_lookup_at_keep_1_is_the_stock_model(stock, ours):
     inputs = make_qwen_inputs([A], stock.config)
+    stock = copy.deepcopy(stock)  # the session's stock model stays as it is
     ours.generation_config.eos_token_id = stock.generation_config.eos_token_id = None
     with torch.no_grad():
         got = ours.generate(**inputs, max_new_tokens=6, prompt_lookup_num_tokens=2)
