@@ -78,3 +78,32 @@ def stock_logits_on_shortened(stock, inputs: dict, kept: list[list[int]]) -> lis
         logits = stock(inputs_embeds=embeds[b, idx][None], position_ids=positions[:, b, idx][:, None]).logits
         out.append(logits[0])
     return out
+
+
+class NaiveStock:
+    """The stock model on one sample's hand-shortened sequence, recomputed from scratch at every step."""
+
+    def __init__(self, stock, inputs: dict, kept: list[list[int]]) -> None:
+        self.stock, self.kept = stock, kept
+        with torch.no_grad():
+            self.embeds, self.positions = stock_merged_embeddings(stock, inputs), stock_positions(stock, inputs)
+        self.table = stock.model.get_input_embeddings()
+
+    @torch.no_grad()
+    def last_logits(self, b: int, appended: list[int]) -> torch.Tensor:
+        """``(V,)`` logits after the shortened prompt of sample ``b`` plus ``appended`` tokens, which take the
+        positions after the prompt's largest position on all three M-RoPE axes."""
+        idx = torch.tensor(self.kept[b])
+        seq, pos = self.embeds[b, idx], self.positions[:, b, idx]
+        if appended:
+            seq = torch.cat([seq, self.table(torch.tensor(appended))])
+            after = pos.amax() + torch.arange(1, len(appended) + 1)
+            pos = torch.cat([pos, after[None].expand(3, -1)], dim=1)
+        return self.stock(inputs_embeds=seq[None], position_ids=pos[:, None]).logits[0, -1]
+
+    def greedy(self, b: int, appended: list[int], steps: int) -> tuple[list[int], list[torch.Tensor]]:
+        tokens, logits = [], []
+        for _ in range(steps):
+            logits.append(self.last_logits(b, appended + tokens))
+            tokens.append(int(logits[-1].argmax()))
+        return tokens, logits

@@ -18,40 +18,11 @@ from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs, tiny_qwen_config
 
 from .conftest import FAMILIES
 from .fixed_scores import FixedScores, fixed_scores
-from .reference import naive_kept_positions, qwen_segment_sizes, stock_merged_embeddings, stock_positions
+from .reference import NaiveStock, naive_kept_positions, qwen_segment_sizes, stock_positions
 
 A = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
 B = [("text", [5]), ("image", (4, 6)), ("text", [10, 11]), ("image", (4, 4)), ("text", [12, 20, 21])]
 TURN = [30, 31, 32]
-
-
-class NaiveStock:
-    """The stock model on one sample's hand-shortened sequence, recomputed from scratch at every step."""
-
-    def __init__(self, stock, inputs: dict, kept: list[list[int]]) -> None:
-        self.stock, self.kept = stock, kept
-        with torch.no_grad():
-            self.embeds, self.positions = stock_merged_embeddings(stock, inputs), stock_positions(stock, inputs)
-        self.table = stock.model.get_input_embeddings()
-
-    @torch.no_grad()
-    def last_logits(self, b: int, appended: list[int]) -> torch.Tensor:
-        """``(V,)`` logits after the shortened prompt of sample ``b`` plus ``appended`` tokens, which take the
-        positions after the prompt's largest position on all three M-RoPE axes."""
-        idx = torch.tensor(self.kept[b])
-        seq, pos = self.embeds[b, idx], self.positions[:, b, idx]
-        if appended:
-            seq = torch.cat([seq, self.table(torch.tensor(appended))])
-            after = pos.amax() + torch.arange(1, len(appended) + 1)
-            pos = torch.cat([pos, after[None].expand(3, -1)], dim=1)
-        return self.stock(inputs_embeds=seq[None], position_ids=pos[:, None]).logits[0, -1]
-
-    def greedy(self, b: int, appended: list[int], steps: int) -> tuple[list[int], list[torch.Tensor]]:
-        tokens, logits = [], []
-        for _ in range(steps):
-            logits.append(self.last_logits(b, appended + tokens))
-            tokens.append(int(logits[-1].argmax()))
-        return tokens, logits
 
 
 def compressed(ours, keep=0.5):
@@ -326,3 +297,21 @@ def test_full_save_keeps_compression_settings_out_of_the_stock_config(stock_chec
     assert not hasattr(plain.config, "token_keep")  # a stock class does not claim a setting it ignores
     assert ours_cls.from_pretrained(tmp_path).config.token_keep == 0.25
     assert ours_cls.from_pretrained(tmp_path, token_keep=0.5).config.token_keep == 0.5
+
+
+def test_padding_free_packed_batches_are_refused(stock, ours):
+    """Two samples packed in one row (no mask, positions restart): the compressed batch would let them attend
+    to each other, so it is refused by name; the stock model runs them as separate sequences at keep 1."""
+    first, second = make_qwen_inputs([A], stock.config), make_qwen_inputs([B], stock.config)
+    packed = {
+        "input_ids": torch.cat([first["input_ids"], second["input_ids"]], 1),
+        "mm_token_type_ids": torch.cat([first["mm_token_type_ids"], second["mm_token_type_ids"]], 1),
+        "pixel_values": torch.cat([first["pixel_values"], second["pixel_values"]]),
+        "image_grid_thw": torch.cat([first["image_grid_thw"], second["image_grid_thw"]]),
+    }
+    with torch.no_grad():
+        positions = torch.cat([stock_positions(stock, first), stock_positions(stock, second)], -1)
+    packed["position_ids"] = positions
+    model = compressed(ours)
+    with pytest.raises(ValueError, match="padding-free"):
+        model(**packed)

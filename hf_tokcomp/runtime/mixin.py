@@ -193,6 +193,14 @@ class TokenCompressionMixin:
                 "token compression needs `input_ids` to find the visual tokens; pass `input_ids` (not only "
                 "`inputs_embeds`), or set `model.config.token_keep = 1.0`."
             )
+        if attention_mask is None and position_ids is not None:
+            text_positions = position_ids if position_ids.ndim == 2 else position_ids[0]
+            if bool((text_positions.diff(dim=-1) < 0).any()):
+                raise ValueError(
+                    "token compression does not support padding-free (packed) batches: `position_ids` restart "
+                    "inside a row and there is no `attention_mask`. Pad the batch and pass `attention_mask` (e.g. "
+                    "`padding_free=False` in TRL), or set `model.config.token_keep = 1.0`."
+                )
         device = self.get_input_embeddings().weight.device  # accept CPU inputs for a GPU model, like generate
         input_ids = input_ids.to(device)
         attention_mask, position_ids, labels = (
