@@ -223,3 +223,21 @@ def test_manual_decoding_loop_and_second_turn_continue_at_the_original_positions
         expected = naive_last_logits(stock, inputs, kept, b, history)
         torch.testing.assert_close(second.logits[0][b], expected, rtol=1e-5, atol=1e-5)
         assert int(second.sequences[b, prompt_len + 4]) == int(expected.argmax())
+
+
+def test_feature_path_equals_stock_eager_attention(stock, ours):
+    """compressor=None keeps each segment's top-k of the stock eager layer-0 attention averaged by hand (padded
+    batch, anyres image with newline tokens, video); the compressor's input equals it per segment."""
+    from .test_features import check_feature_path, hand_features, visual_runs
+
+    inputs = make_llava_inputs([ANYRES, VIDEO, TWO_IMAGES], stock)
+    stock.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attn = stock(**inputs, output_attentions=True).attentions[0]
+    finally:
+        stock.set_attn_implementation("sdpa")
+    ids = inputs["input_ids"]
+    visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
+    runs = visual_runs(ids, segment_sizes(stock, inputs))
+    check_feature_path(ours, inputs, hand_features(attn, visual, inputs["attention_mask"]), runs)

@@ -423,3 +423,29 @@ def test_label_and_eval_commands_drive_vila(checkpoint, processor, tmp_path):
     assert tokcomp([*argv, "--methods", "fastv"]) == 0
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert set(result["accuracy"]["fastv"]) == {"1.0", "0.5"}  # FastV itself is checked in test_fastv_keeping_...
+
+
+def test_feature_path_equals_reference_eager_attention(ref, processor, ours):
+    """compressor=None on a padded batch keeps each image's (each frame's) top-k of the reference Llama's eager
+    layer-0 attention, run per sample without padding on the reference embeddings, averaged by hand."""
+    from .test_features import check_feature_path, hand_features, visual_runs
+
+    names = BATCHES["mixed"]
+    inputs = batch_inputs(processor, names)
+    ids = inputs["input_ids"]
+    visual = (ids == processor.image_token_id) | (ids == processor.video_token_id)
+    expected = torch.zeros(ids.shape)
+    sizes = {processor.image_token_id: [], processor.video_token_id: []}
+    ref["llm"].set_attn_implementation("eager")
+    try:
+        for b, name in enumerate(names):
+            embeds, sample_runs = ref_sample(ref, processor, name)
+            for kind, n in sample_runs:
+                sizes[processor.image_token_id if kind == "image" else processor.video_token_id].append(n)
+            with torch.no_grad():
+                attn = ref["llm"](inputs_embeds=embeds[None], output_attentions=True).attentions[0]
+            pad = ids.shape[1] - embeds.shape[0]  # left padding: reference index = padded index - pad
+            expected[b, pad:] = hand_features(attn, visual[b : b + 1, pad:], torch.ones(1, embeds.shape[0]))[0]
+    finally:
+        ref["llm"].set_attn_implementation("sdpa")
+    check_feature_path(ours, inputs, expected, visual_runs(ids, sizes))
