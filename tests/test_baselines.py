@@ -64,3 +64,33 @@ def test_input_stage_baselines_use_the_core_budget():
         ours(**make_qwen_inputs([A], ours.config))
     kept = ours.last_compression[0].kept[0].tolist()
     assert kept == [0, 2, 4, 6, 8, 10, 12, 14]  # evenly spread over the 16 tokens
+
+
+def test_fastv_prefill_at_keep_a_quarter_equals_a_naive_two_stage_forward():
+    """Stage 1: the stock model on each sample alone (its hidden states after layer K); stage 2: the stock decoder
+    layers K.. called by hand on the tokens FastV kept, at their original M-RoPE positions."""
+    from hf_tokcomp.evaluation.fastv import fastv_prefill, fastv_prepare
+
+    stock, ours = _models()
+    k, samples = 2, [A, B]
+    inputs = make_qwen_inputs(samples, stock.config)
+    with torch.no_grad():
+        state = fastv_prefill(ours, *fastv_prepare(ours, inputs), token_keep=0.25, k=k)
+        lm = stock.model.language_model
+        for b, sample in enumerate(samples):
+            alone = make_qwen_inputs([sample], stock.config)
+            positions, _ = stock.model.get_rope_index(
+                alone["input_ids"],
+                mm_token_type_ids=alone["mm_token_type_ids"],
+                image_grid_thw=alone["image_grid_thw"],
+                attention_mask=alone["attention_mask"],
+            )
+            hidden = stock(**alone, output_hidden_states=True).hidden_states[k][0]  # after layer K
+            pad = inputs["input_ids"].shape[1] - alone["input_ids"].shape[1]
+            kept = state.keep[b, pad:].nonzero().flatten()
+            h, pos = hidden[kept][None], positions[:, :, kept]
+            cos_sin = lm.rotary_emb(h, pos)
+            for layer in lm.layers[k:]:
+                h = layer(h, attention_mask=None, position_embeddings=cos_sin)
+            torch.testing.assert_close(state.hidden[b, -kept.numel() :], h[0], rtol=1e-5, atol=1e-5)
+            assert kept.numel() < alone["input_ids"].shape[1]  # something was pruned

@@ -315,3 +315,52 @@ def test_padding_free_packed_batches_are_refused(stock, ours):
     model = compressed(ours)
     with pytest.raises(ValueError, match="padding-free"):
         model(**packed)
+
+
+# ---- README claims ----------------------------------------------------------------------------------------------
+class NanScores(torch.nn.Module):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        scores = fixed_scores(features.shape[-1]).expand(features.shape[0], -1).clone()
+        scores[:, 1] = float("nan")
+        return scores
+
+
+def test_non_finite_compressor_scores_raise(stock, ours):
+    ours.compressor, ours.config.token_keep = NanScores(), 0.5
+    with pytest.raises(ValueError, match="non-finite scores"):
+        ours(**make_qwen_inputs([A], stock.config))
+
+
+def test_visual_inputs_on_a_non_empty_cache_raise(stock, ours):
+    model = compressed(ours)
+    inputs = make_qwen_inputs([A], stock.config)
+    with torch.no_grad():
+        cache = model(**inputs, use_cache=True).past_key_values
+        with pytest.raises(ValueError, match="already holds tokens"):
+            model(**inputs, past_key_values=cache)
+
+
+def test_a_prompt_ending_in_a_visual_token_is_refused_through_the_model(stock, ours):
+    model = compressed(ours)
+    inputs = make_qwen_inputs([[("text", [5, 6]), ("image", (4, 4))]], stock.config)
+    inputs = {
+        k: v[:, :-1] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v for k, v in inputs.items()
+    }
+    with pytest.raises(ValueError, match="no instruction tokens after their last visual token"):
+        model(**inputs)
+
+
+def test_eager_and_sdpa_give_equal_logits_under_compression(stock_checkpoint, family):
+    _, ours_cls = FAMILIES[family]
+    inputs = make_qwen_inputs([A, B], tiny_qwen_config(family))
+    logits = {}
+    for implementation in ("eager", "sdpa"):
+        model = ours_cls.from_pretrained(stock_checkpoint[1], attn_implementation=implementation, token_keep=0.25)
+        model.compressor = FixedScores()
+        assert model.config.text_config._attn_implementation == implementation
+        with torch.no_grad():
+            logits[implementation] = model(**inputs).logits
+    kept = kept_for(stock_checkpoint[0], inputs, 0.25)
+    for b, positions in enumerate(kept):  # real tokens only (left padded): padding rows are undefined
+        n = len(positions)
+        torch.testing.assert_close(logits["eager"][b, -n:], logits["sdpa"][b, -n:], rtol=1e-5, atol=1e-5)
