@@ -107,3 +107,19 @@ class NaiveStock:
             logits.append(self.last_logits(b, appended + tokens))
             tokens.append(int(logits[-1].argmax()))
         return tokens, logits
+
+
+def naive_rollout(logits: torch.Tensor, attentions: tuple, ids: torch.Tensor, answer_len: int) -> torch.Tensor:
+    """``(n,)`` GAE relevance of every position for the last ``answer_len`` tokens of ``ids`` ``(n,)``: one backward
+    per answer token through every layer's full ``(1, H, n, n)`` attention map, ``R <- R + mean_h(relu(A * dA)) R``,
+    the predicting position's row, averaged over the answer tokens."""
+    n = ids.shape[0]
+    total = torch.zeros(n)
+    for t in range(answer_len):
+        q = n - answer_len + t - 1
+        grads = torch.autograd.grad(logits[0, q, ids[q + 1]], attentions, retain_graph=True)
+        relevance = torch.eye(n)
+        for attn, grad in zip(attentions, grads, strict=True):
+            relevance = relevance + (attn[0] * grad[0]).clamp_min(0).mean(0) @ relevance
+        total += relevance[q]
+    return total / answer_len

@@ -177,3 +177,44 @@ def test_bad_records_raise(setup):
         evaluate(ours, processor, records, None, EvalSettings(methods=("oracle",)))
     with pytest.raises(ValueError, match="`compressor` is required"):
         evaluate(ours, processor, _records(2), None, EvalSettings(methods=("ours",)))
+
+
+def test_oracle_accuracy_on_the_trained_organism_equals_the_naive_reference_and_can_fail():
+    """On the trained organism (whose answers need the evidence tokens), `tokcomp eval`'s oracle accuracy at keep
+    0.1 equals the stock model run on inputs shortened by hand with the evidence-first rule; the same rule with
+    ANOTHER record's evidence scores lower on these records, so a wrong selection would fail this test."""
+    from hf_tokcomp.organism import ORGANISM_DIR, load_organism
+
+    ours, processor = load_organism()
+    stock = StockQwen2VL.from_pretrained(ORGANISM_DIR).eval()
+    records = _records(24)
+    keep = 0.1
+
+    def naive_first_tokens(evidence_of) -> list[int]:
+        tokens = []
+        for b, record in enumerate(records):
+            one = build_batch(processor, [record])
+            evidence = evidence_of(b)
+
+            def scores(n, evidence=evidence):
+                rank = sorted(range(n), key=lambda j: (j not in evidence, _bit_reversed(j, n)))
+                out = torch.zeros(n)
+                out[rank] = -torch.arange(n, dtype=torch.float32)
+                return out
+
+            kept = naive_kept_positions(one, qwen_segment_sizes(one, stock.config), scores, keep)
+            with torch.no_grad():
+                tokens.append(int(stock_logits_on_shortened(stock, one, kept)[0][-1].argmax()))
+        return tokens
+
+    def accuracy(tokens: list[int]) -> float:
+        words = [processor.tokenizer.decode([t], skip_special_tokens=True).strip() for t in tokens]
+        return sum(w == r["answer"] for w, r in zip(words, records, strict=True)) / len(records)
+
+    right = accuracy(naive_first_tokens(lambda b: records[b]["evidence"]))
+    wrong = accuracy(naive_first_tokens(lambda b: records[(b + 1) % len(records)]["evidence"]))
+    result = evaluate(
+        ours, processor, records, None, EvalSettings(keeps=(keep,), methods=("oracle",), max_new_tokens=1)
+    )
+    assert result["accuracy"]["oracle"][str(keep)]["all"] == pytest.approx(right)
+    assert wrong < right - 0.2 and right > 0.5, (wrong, right)  # measured: 0.29 vs 0.71

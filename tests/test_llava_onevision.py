@@ -241,3 +241,41 @@ def test_feature_path_equals_stock_eager_attention(stock, ours):
     visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
     runs = visual_runs(ids, segment_sizes(stock, inputs))
     check_feature_path(ours, inputs, hand_features(attn, visual, inputs["attention_mask"]), runs)
+
+
+def test_teachers_equal_naive_references_on_the_stock_model(stock, ours):
+    """GAE: the naive full-matrix rollout on the stock eager model; occlusion: the stock model's answer log-prob
+    drop on the hand-shortened sequence (one visual token left out). One anyres sample with its newline tokens."""
+    from hf_tokcomp.teachers.gae import visual_relevance
+    from hf_tokcomp.teachers.occlusion import occlusion_relevance
+
+    from .reference import naive_rollout
+
+    inputs = make_llava_inputs([SQUARE], stock)
+    answer = torch.tensor([40, 41, 42])
+    ids = torch.cat([inputs["input_ids"][0], answer])
+    visual = ids == stock.config.image_token_id
+    pixels = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    got = visual_relevance(ours, inputs, [answer])[0]
+    stock.set_attn_implementation("eager")
+    try:
+        result = stock(input_ids=ids[None], output_attentions=True, use_cache=False, **pixels)
+        expected = naive_rollout(result.logits, result.attentions, ids, len(answer))[visual]
+    finally:
+        stock.set_attn_implementation("sdpa")
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    relevance = occlusion_relevance(ours, inputs, answer, chunk=8)
+    full = {**inputs, "input_ids": ids[None], "attention_mask": torch.ones(1, ids.shape[0], dtype=torch.long)}
+    n = ids.shape[0]
+
+    def logprob(kept: list[int]) -> float:
+        logits = stock_shortened(stock, full, [kept])[0].log_softmax(-1)
+        return sum(float(logits[len(kept) - len(answer) - 1 + t, a]) for t, a in enumerate(answer.tolist()))
+
+    base = logprob(list(range(n)))
+    positions = visual.nonzero().flatten().tolist()
+    occluded = torch.tensor([base - logprob([i for i in range(n) if i != v]) for v in positions])
+    assert occluded.abs().max() > 1e-3
+    torch.testing.assert_close(relevance, occluded, atol=1e-4, rtol=1e-4)

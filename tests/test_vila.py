@@ -416,6 +416,17 @@ def test_label_and_eval_commands_drive_vila(checkpoint, processor, tmp_path):
     common = ["--model", str(named), "--data", str(tmp_path / "data.jsonl"), "--max-new-tokens", "2"]
     assert tokcomp(["label", *common, "--out", str(tmp_path / "labels")]) == 0
     assert json.loads((tmp_path / "labels" / "manifest.json").read_text())["num_records"] == 3
+    from hf_tokcomp.training.labels import load_label_dir
+
+    # without reference answers the model's own answers are explained: every segment gets a real target
+    unanswered = [json.dumps({k: v for k, v in json.loads(line).items() if k != "answer"}) for line in lines]
+    (tmp_path / "own.jsonl").write_text("\n".join(unanswered) + "\n")
+    for teacher in ("gae", "occlusion"):
+        out = tmp_path / f"labels-{teacher}"
+        own = ["--model", str(named), "--data", str(tmp_path / "own.jsonl"), "--max-new-tokens", "2"]
+        assert tokcomp(["label", *own, "--out", str(out), "--teacher", teacher]) == 0
+        _, segments = load_label_dir(out)
+        assert len(segments) == 3 and all(float(s.target.abs().sum()) > 0 for s in segments), teacher
     argv = ["eval", *common, "--out", str(tmp_path / "eval"), "--keeps", "1", "0.5"]
     assert tokcomp([*argv, "--methods", "attention", "uniform", "teacher", "occlusion"]) == 0
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
@@ -449,3 +460,42 @@ def test_feature_path_equals_reference_eager_attention(ref, processor, ours):
     finally:
         ref["llm"].set_attn_implementation("sdpa")
     check_feature_path(ours, inputs, expected, visual_runs(ids, sizes))
+
+
+def test_teachers_equal_naive_references_on_the_reference_llm(ref, processor, ours):
+    """GAE: the naive full-matrix rollout on the reference Llama (eager) over the reference embeddings plus the
+    answer; occlusion: its answer log-prob drop with one visual token left out (original positions kept)."""
+    from hf_tokcomp.teachers.gae import visual_relevance
+    from hf_tokcomp.teachers.occlusion import occlusion_relevance
+
+    from .reference import naive_rollout
+
+    inputs = batch_inputs(processor, ["image"])
+    answer = torch.tensor([40, 41, 42])
+    embeds, runs = ref_sample(ref, processor, "image")
+    table = ref["llm"].get_input_embeddings()
+    full = torch.cat([embeds, table(answer).detach()])
+    ids = torch.cat([inputs["input_ids"][0], answer])
+    visual = ids == processor.image_token_id
+    got = visual_relevance(ours, inputs, [answer])[0]
+    ref["llm"].set_attn_implementation("eager")
+    try:
+        result = ref["llm"](inputs_embeds=full[None], output_attentions=True, use_cache=False)
+        expected = naive_rollout(result.logits, result.attentions, ids, len(answer))[visual]
+    finally:
+        ref["llm"].set_attn_implementation("sdpa")
+    assert expected.abs().sum() > 0 and int(visual.sum()) == runs[0][1]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    relevance = occlusion_relevance(ours, inputs, answer, chunk=8)
+    n = full.shape[0]
+
+    def logprob(kept: list[int]) -> float:
+        index = torch.tensor(kept)
+        logits = ref_logits(ref, full[index], index).log_softmax(-1)
+        return sum(float(logits[len(kept) - len(answer) - 1 + t, a]) for t, a in enumerate(answer.tolist()))
+
+    base = logprob(list(range(n)))
+    occluded = torch.tensor([base - logprob([i for i in range(n) if i != v]) for v in visual.nonzero().flatten()])
+    assert occluded.abs().max() > 1e-3
+    torch.testing.assert_close(relevance, occluded, atol=1e-4, rtol=1e-4)
