@@ -219,7 +219,8 @@ class TokenCompressionMixin:
         labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(B, L)`` layer-0 attention features of every position (see :mod:`hf_tokcomp.runtime.features`),
-        computed in eval mode (no dropout: training selects what generation selects). With ``labels``, the
+        computed in eval mode and outside autocast (no dropout, no mixed-precision rounding: training, e.g. under
+        accelerate's bf16 autocast, selects what generation selects). With ``labels``, the
         answer (see :func:`answer_mask`) is never a query row: the selection must not see it."""
         cos, sin = self._tokcomp_rotary(merged.inputs_embeds, position_ids)
         prompt = attention_mask
@@ -227,7 +228,7 @@ class TokenCompressionMixin:
             prompt = attention_mask * ~answer_mask(input_ids, labels, self.config.answer_start_ids)
         rows = instruction_rows(merged.visual_mask, prompt)
         layer0 = self._tokcomp_decoder_layer0()
-        with eval_mode(layer0):
+        with eval_mode(layer0), torch.autocast(merged.inputs_embeds.device.type, enabled=False):
             return layer0_attention_features(merged.inputs_embeds, layer0, cos, sin, attention_mask, rows)
 
     @torch.no_grad()
@@ -269,7 +270,7 @@ class TokenCompressionMixin:
         position_ids = self._tokcomp_positions(input_ids, attention_mask, visual, position_ids)
         features = self._tokcomp_features(merged, input_ids, attention_mask, position_ids, labels)
         block = pack_segments(merged.segments, features.device)
-        with eval_mode(self.compressor):
+        with eval_mode(self.compressor), torch.autocast(features.device.type, enabled=False):
             scores = score_segments(features, block, self.compressor)
         keep = attention_mask.bool() & ~merged.visual_mask
         selections = select_segments(scores, block, self.config.token_keep, keep)
