@@ -38,16 +38,14 @@ __all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward", "eval_
 def eval_mode(module: nn.Module | None) -> Iterator[None]:
     """Run ``module`` (and its children) in eval mode, then restore every submodule's own training flag: the
     selection must not depend on dropout (``model.train()``, LoRA dropout on layer 0)."""
-    if module is None:
-        yield
-        return
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
+    modules = [] if module is None else [m for m in module.modules() if m.training]
+    for m in modules:  # plain attribute writes: nn.Module.train() would walk and re-set the whole tree
+        object.__setattr__(m, "training", False)
     try:
         yield
     finally:
-        for m, training in flags:
-            m.training = training
+        for m in modules:
+            object.__setattr__(m, "training", True)
 
 
 @dataclass

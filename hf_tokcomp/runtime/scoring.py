@@ -9,6 +9,7 @@ per segment, as its contract promises. The top-k of every segment is one batched
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -55,11 +56,19 @@ def pack_segments(segments: list[list[tuple[str, int, int]]], device: torch.devi
     return SegmentBlock(sample, start, length, index, mask, [kind for _, kind, _, _ in flat], lengths)
 
 
-def _takes_mask(module: nn.Module) -> bool:
+@functools.lru_cache(maxsize=64)
+def _forward_takes_mask(module_type: type) -> bool:
     try:
-        return "mask" in inspect.signature(module.forward).parameters
+        return "mask" in inspect.signature(module_type.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _takes_mask(module: nn.Module) -> bool:
+    """Whether ``module.forward`` accepts ``mask=`` (looked up once per class)."""
+    if "forward" in vars(module):  # a forward patched onto the instance
+        return "mask" in inspect.signature(module.forward).parameters
+    return _forward_takes_mask(type(module))
 
 
 def _check_scores(scores: object, expected: tuple[int, int]) -> torch.Tensor:
