@@ -1,6 +1,7 @@
 """Label shards, compressor training and the `tokcomp` CLI on a tiny Qwen2-VL with a word-level processor."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hf_tokcomp import TokenCompressor
 from hf_tokcomp.cli import main as tokcomp
 from hf_tokcomp.processor import load_processor, word_level_qwen_processor
 from hf_tokcomp.testing.tiny_qwen import tiny_qwen_config
-from hf_tokcomp.training.labels import build_inputs, label_dataset, read_records
+from hf_tokcomp.training.labels import build_inputs, label_dataset, load_label_dir, read_records
 from hf_tokcomp.training.train import (
     TrainArguments,
     evaluate_segments,
@@ -259,3 +260,51 @@ def test_cli_errors_are_one_clear_line(workspace, tmp_path, capsys, argv, messag
     assert tokcomp([subst.get(a, a) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_a_crash_while_writing_leaves_the_last_shard_and_manifest_intact(workspace, tmp_path, monkeypatch):
+    """Writes are atomic: a crash half-way through writing the second shard (a truncated file on disk) and then
+    through writing the manifest leaves every file under its final name complete, and the run resumes to the
+    same shards as an uninterrupted one."""
+    import hf_tokcomp.training.labels as data
+
+    model, processor = _load(workspace)
+    records = read_records(workspace / "data.jsonl")
+    label_dataset(model, processor, records, tmp_path / "whole", shard_size=2, max_new_tokens=3, progress=False)
+    real_save = data.save_file
+
+    def crash_on_second(tensors, path, *args, **kwargs):
+        if "shard-00001" in str(path):
+            with open(path, "wb") as handle:
+                handle.write(b"\x00" * 10)  # a partial write, then the process dies
+            raise KeyboardInterrupt
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(data, "save_file", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        label_dataset(model, processor, records, tmp_path / "run", shard_size=2, max_new_tokens=3, progress=False)
+    monkeypatch.setattr(data, "save_file", real_save)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [s["file"] for s in manifest["shards"]] == ["shard-00000.safetensors"]
+    assert not (tmp_path / "run" / "shard-00001.safetensors").exists()  # only a .tmp, never the final name
+    load_label_dir(tmp_path / "run")  # what is there reads back
+
+    real_write_text = Path.write_text
+
+    def crash_on_manifest(self, text, *args, **kwargs):
+        if self.name.startswith("manifest.json"):
+            real_write_text(self, text[:5])
+            raise KeyboardInterrupt
+        return real_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", crash_on_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        label_dataset(model, processor, records, tmp_path / "run", shard_size=2, max_new_tokens=3, progress=False)
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text()) == manifest  # the old one, whole
+    label_dataset(model, processor, records, tmp_path / "run", shard_size=2, max_new_tokens=3, progress=False)
+    whole, whole_shards = _shards(tmp_path / "whole")
+    resumed, resumed_shards = _shards(tmp_path / "run")
+    assert whole == resumed
+    for a, b in zip(whole_shards, resumed_shards, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
