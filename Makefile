@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Small-model tests and demos run much faster single-threaded on a shared 2-core machine.
 RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup test lint demo demo-quick organism ship-compressor bench bench-all clean
+.PHONY: help setup test lint demo demo-quick organism ship-compressor bench bench-all tfharness clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,7 +32,7 @@ lint: $(STAMP)  ## ruff check + format check
 demo: $(STAMP)  ## the whole pipeline on the shipped organism: label, train a compressor, evaluate (~5 min)
 	$(RUN) $(BIN)/python -m hf_tokcomp.demo --out demo_out
 
-demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the baselines (~3 min)
+demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the baselines (~30 min: 528 evaluations at ~3.5 s)
 	$(RUN) $(BIN)/python -m hf_tokcomp.demo --quick --out demo_out
 
 organism: $(STAMP)  ## train the organism from scratch (seeded, resumable; ~1 h on 1 core) and install its weights
@@ -54,6 +54,17 @@ bench: $(STAMP)  ## speed, memory, FLOPs vs stock and FastV (scaled-down Qwen2-V
 bench-all: bench  ## + scaled-down VILA1.5-3b and LLaVA-OneVision-7B (batch 1, CPU, ~50 min more)
 	$(BENCH) --config vila1.5-3b --llm-layers 6 --vision-layers 2 --batch-sizes 1 --out benchmarks/results/speed_cpu_vila15_3b
 	$(BENCH) --config llava-onevision-7b --llm-layers 4 --batch-sizes 1 --new-tokens 8 --out benchmarks/results/speed_cpu_llava_ov_7b
+
+TFH_ROOT ?= $(HOME)/.cache/hf_tokcomp-tfharness
+TFH_SCRIPT ?= ../shared/tools/build_tfharness.sh
+TFH_FILES = tests/models/qwen2_vl/test_modeling_qwen2_vl.py tests/models/qwen2_5_vl/test_modeling_qwen2_5_vl.py \
+	tests/models/llava_onevision/test_modeling_llava_onevision.py
+
+tfharness:  ## transformers' own model tests, stock classes then ours (needs TF_GIT_DIR: a transformers clone, see shared/tools)
+	@test -n "$(TF_GIT_DIR)" || { echo "set TF_GIT_DIR to the .git of a transformers clone holding the commit build_tfharness.sh names"; exit 2; }
+	ROOT_DIR=$(TFH_ROOT) TF_GIT_DIR=$(TF_GIT_DIR) HF_TOKCOMP_DIR=$(CURDIR) bash $(TFH_SCRIPT)
+	cd $(TFH_ROOT)/tfharness && ./run_with_subclass.sh $(TFH_FILES)
+	cd $(TFH_ROOT)/tfharness && SUBCLASS_DEFAULTS=1 ./run_with_subclass.sh $(TFH_FILES)
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -2,7 +2,8 @@
 
 Contract (what the runtime relies on, and what any replacement module must honour):
 ``forward(features)`` takes ``(batch, in_channels, n)`` and returns one score per visual token, ``(batch, n)``.
-Higher scores are kept. The runtime calls it once per visual segment (one image, or one video).
+Higher scores are kept. The runtime calls it once per batch on all visual segments (one image, or one video,
+each), padded, with ``mask=``; a module without ``mask=`` is called once per segment.
 """
 
 from __future__ import annotations

@@ -57,8 +57,9 @@ def check_generate_options(generation_config: Any, kwargs: dict[str, Any]) -> No
     for name, why in _REFUSED.items():
         value = kwargs.get(name, getattr(generation_config, name, None))
         if value is not None:
+            shown = repr(value) if isinstance(value, (int, float, str)) else f"<{type(value).__name__}>"
             raise ValueError(
-                f"`{name}`={value!r} is not supported with token compression: {why}. Drop `{name}`, or set "
+                f"`{name}`={shown} is not supported with token compression: {why}. Drop `{name}`, or set "
                 "`model.config.token_keep = 1.0` to run the stock model."
             )
     if kwargs.get("use_cache", getattr(generation_config, "use_cache", True)) is False:

@@ -21,8 +21,9 @@ def split_segments(mask: torch.Tensor, sizes: list[int], kind: str) -> list[list
     counts = mask.sum(dim=1).tolist()
     if sum(counts) != sum(sizes):
         raise ValueError(
-            f"{kind} placeholder tokens and {kind} features do not match: {sum(counts)} tokens in `input_ids`, "
-            f"{sum(sizes)} features from the {kind} inputs. Build the inputs with the model's processor."
+            f"{kind.capitalize()} features and {kind} tokens do not match: {sum(counts)} {kind} placeholder tokens "
+            f"in `input_ids`, {sum(sizes)} features from the {kind} inputs. Build the inputs with the model's "
+            "processor."
         )
     out: list[list[tuple[str, int, int]]] = []
     pending = iter(sizes)
