@@ -18,6 +18,15 @@ CONFIG_MODULE, MODELING_MODULE = "configuration_tokcomp", "modeling_tokcomp"
 #: the package modules the remote code is generated from, in dependency order
 _REMOTE_MODULES = (
     "runtime._compat",
+    "runtime.selectors.base",
+    "runtime.selectors.learned",
+    "runtime.selectors.attention",
+    "runtime.selectors.random_tokens",
+    "runtime.selectors.uniform",
+    "runtime.selectors.divprune",
+    "runtime.selectors.dart",
+    "runtime.selectors.cdpruner",
+    "runtime.selectors",
     "runtime.config",
     "runtime.registry",
     "runtime.compressor",

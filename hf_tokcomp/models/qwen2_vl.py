@@ -8,7 +8,7 @@ from transformers import Qwen2VLForConditionalGeneration as _StockQwen2VL
 from transformers.generation import GenerationMixin
 
 from ..hub.mixin import CompressorHubMixin
-from ..runtime.config import QWEN_ANSWER_START, answer_start_field, token_keep_field
+from ..runtime.config import QWEN_ANSWER_START, answer_start_field, selector_field, token_keep_field
 from ..runtime.mixin import compressed_forward
 from ..runtime.registry import register_family
 from .qwen_vl import QwenVLCompressionMixin
@@ -22,6 +22,7 @@ class Qwen2VLCompressionConfig(Qwen2VLConfig):
 
     token_keep: float | int = token_keep_field()
     answer_start_ids: list[int] | None = answer_start_field(QWEN_ANSWER_START)
+    selector: str = selector_field()
 
 
 @register_family("qwen2_vl")

@@ -6,6 +6,8 @@ from typing import Any
 
 from huggingface_hub.dataclasses import validated_field
 
+from .selectors import check_selector
+
 __all__ = [
     "COMPRESSION_FIELDS",
     "QWEN_ANSWER_START",
@@ -13,6 +15,7 @@ __all__ = [
     "as_config_class",
     "check_answer_start_ids",
     "check_token_keep",
+    "selector_field",
     "token_keep_field",
 ]
 
@@ -32,7 +35,7 @@ def token_keep_field(default: float = 1.0):
 
 
 #: the config fields every compression config adds to its stock config
-COMPRESSION_FIELDS = ("token_keep", "answer_start_ids")
+COMPRESSION_FIELDS = ("token_keep", "answer_start_ids", "selector")
 
 #: ``<|im_start|>assistant\n`` in the Qwen2 tokenizer (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision's Qwen2 LLM)
 QWEN_ANSWER_START = (151644, 77091, 198)
@@ -48,6 +51,12 @@ def check_answer_start_ids(value: object) -> None:
             "`answer_start_ids` must be None or a non-empty list of token ids: the ids that open the assistant's "
             f"answer in the chat template (its generation prompt, e.g. `<|im_start|>assistant\\n`), got {value!r}"
         )
+
+
+def selector_field(default: str = "auto"):
+    """The ``selector`` field: the selection method by name (see :mod:`hf_tokcomp.runtime.selectors`), validated
+    on construction, on ``from_pretrained`` overrides and on assignment."""
+    return validated_field(validator=check_selector, default=default)
 
 
 def answer_start_field(default: tuple[int, ...] | None = None):

@@ -11,7 +11,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,8 +28,9 @@ from .generation import (
     lengths_as_new_tokens,
     with_caller_prompt,
 )
-from .scoring import LazySelections, pack_segments, score_segments, select_segments
-from .selection import SampleSelection
+from .scoring import LazySelections, pack_segments, segment_batch
+from .selection import SampleSelection, keep_count
+from .selectors import SELECTORS, Selector, resolve_selector
 
 __all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward", "eval_mode"]
 
@@ -56,11 +57,13 @@ class MergedInputs:
         inputs_embeds: ``(B, L, D)`` text embeddings with the visual features spliced in.
         visual_mask: ``(B, L)`` bool, True on visual tokens.
         segments: per sample, ``(kind, start, end)`` of each visual segment (one image or one video), in order.
+        grids: ``(sample, start) -> (t, h, w)`` token grid of a segment where the family knows it (else 1-D).
     """
 
     inputs_embeds: torch.Tensor
     visual_mask: torch.Tensor
     segments: list[list[tuple[str, int, int]]]
+    grids: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
 
 
 class TokenCompressionMixin:
@@ -215,8 +218,9 @@ class TokenCompressionMixin:
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``(B, L)`` layer-0 attention features of every position (see :mod:`hf_tokcomp.runtime.features`),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, L)`` layer-0 attention features of every position (see :mod:`hf_tokcomp.runtime.features`) and
+        ``(B, L)`` bool the instruction rows they average over,
         computed in eval mode and outside autocast (no dropout, no mixed-precision rounding: training, e.g. under
         accelerate's bf16 autocast, selects what generation selects). With ``labels``, the
         answer (see :func:`answer_mask`) is never a query row: the selection must not see it."""
@@ -227,7 +231,7 @@ class TokenCompressionMixin:
         rows = instruction_rows(merged.visual_mask, prompt)
         layer0 = self._tokcomp_decoder_layer0()
         with eval_mode(layer0), torch.autocast(merged.inputs_embeds.device.type, enabled=False):
-            return layer0_attention_features(merged.inputs_embeds, layer0, cos, sin, attention_mask, rows)
+            return layer0_attention_features(merged.inputs_embeds, layer0, cos, sin, attention_mask, rows), rows
 
     @torch.no_grad()
     def compressor_features(
@@ -247,7 +251,7 @@ class TokenCompressionMixin:
         visual = {k: visual.get(k) for k in self._tokcomp_visual_keys}
         merged = self._tokcomp_merge(input_ids, visual)
         positions = self._tokcomp_positions(input_ids, attention_mask, visual, None)
-        features = self._tokcomp_features(merged, input_ids, attention_mask, positions).cpu()
+        features = self._tokcomp_features(merged, input_ids, attention_mask, positions)[0].cpu()
         return [[(kind, features[b, s:e][None]) for kind, s, e in segs] for b, segs in enumerate(merged.segments)]
 
     def _tokcomp_select(
@@ -266,12 +270,20 @@ class TokenCompressionMixin:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         position_ids = self._tokcomp_positions(input_ids, attention_mask, visual, position_ids)
-        features = self._tokcomp_features(merged, input_ids, attention_mask, position_ids, labels)
+        features, rows = self._tokcomp_features(merged, input_ids, attention_mask, position_ids, labels)
         block = pack_segments(merged.segments, features.device)
-        with eval_mode(self.compressor), torch.autocast(features.device.type, enabled=False):
-            scores = score_segments(features, block, self.compressor)
+        name = resolve_selector(self.config.selector, self.compressor is not None)
+        counts = [keep_count(self.config.token_keep, n) for n in block.lengths]
+        inputs = segment_batch(block, merged.inputs_embeds, merged.grids, features, rows)
+        inputs.layer0, inputs.compressor = self._tokcomp_decoder_layer0(), self.compressor
+        with eval_mode(self.compressor), eval_mode(inputs.layer0), torch.autocast(features.device.type, enabled=False):
+            chosen = self._tokcomp_selector(name).select(inputs, counts)
         keep = attention_mask.bool() & ~merged.visual_mask
-        selections = select_segments(scores, block, self.config.token_keep, keep)
+        width = block.index.shape[1]
+        positions = block.start[:, None] + chosen.kept.clamp_max(width - 1)
+        samples = block.sample[:, None].expand_as(positions)
+        keep[samples[chosen.valid], positions[chosen.valid]] = True
+        selections = LazySelections(block, chosen.kept, chosen.valid, chosen.scores, keep.shape[0], name)
         batch = compress_batch(
             keep,
             input_ids,
@@ -283,6 +295,13 @@ class TokenCompressionMixin:
         )
         self.last_compression = selections
         return batch
+
+    def _tokcomp_selector(self, name: str) -> Selector:
+        """The selector instance for ``name`` (one per model and method, so the random one's stream goes on)."""
+        cache = self.__dict__.setdefault("_tokcomp_selectors", {})
+        if name not in cache:
+            cache[name] = SELECTORS[name]()
+        return cache[name]
 
     def _tokcomp_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
         """The stock forward on the compressed sequence when compression applies (logits, loss and cache are

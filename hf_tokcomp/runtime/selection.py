@@ -45,13 +45,15 @@ class SampleSelection:
         num_tokens: per segment, its number of visual tokens before compression.
         kept: per segment, ``(k,)`` ascending positions of the kept tokens within the sample's visual tokens
             (all segments counted in order, so the first token of the second segment is ``num_tokens[0]``).
-        scores: per segment, ``(k,)`` the scores of the kept tokens.
+        scores: per segment, ``(k,)`` the scores of the kept tokens (as the selector defines them).
+        selector: the method that selected (``config.selector`` with "auto" resolved).
     """
 
     kinds: list[str] = field(default_factory=list)
     num_tokens: list[int] = field(default_factory=list)
     kept: list[torch.Tensor] = field(default_factory=list)
     scores: list[torch.Tensor] = field(default_factory=list)
+    selector: str = ""
 
     @property
     def num_kept(self) -> int:
