@@ -106,14 +106,17 @@ def test_every_method_runs_and_restores_the_model(setup):
     _, _, ours, processor = setup
     records = _records(10)
     compressor = TokenCompressor(TokenCompressorConfig(base_model_type="qwen2_vl"))
-    ours.config.token_keep, ours.compressor = 0.5, None
+    ours.config.token_keep, ours.compressor, ours.config.selector = 0.5, None, "auto"
     result = evaluate(ours, processor, records, compressor, EvalSettings(keeps=(1.0, 0.5), max_new_tokens=2))
-    assert (ours.config.token_keep, ours.compressor) == (0.5, None)
+    assert (ours.config.token_keep, ours.compressor, ours.config.selector) == (0.5, None, "auto")
     assert set(result["accuracy"]) == {
         "ours",
         "attention",
         "uniform",
         "random",
+        "divprune",
+        "dart",
+        "cdpruner",
         "fastv",
         "teacher",
         "occlusion",

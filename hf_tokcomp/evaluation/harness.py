@@ -4,8 +4,9 @@ Methods (all input-stage methods go through the model's own budget rule, gather 
 
 - ``ours``: the learned compressor given to :func:`evaluate`;
 - ``attention``: the layer-0 attention features themselves (``compressor=None``, training-free);
-- ``uniform``, ``random``: :class:`~hf_tokcomp.baselines.UniformScores`, seeded
-  :class:`~hf_tokcomp.baselines.RandomScores`;
+- ``uniform``, ``divprune``, ``dart``, ``cdpruner``: the runtime selectors of those names (``config.selector``;
+  ``uniform`` spreads over the segment's (t, h, w) grid); ``random``: seeded
+  :class:`~hf_tokcomp.evaluation.baselines.RandomScores`;
 - ``fastv``: FastV, pruning after layer ``fastv_k`` by the last token's attention (more FLOPs at equal keep;
   K = 2 as in the paper by default, 1 for a 2-layer LLM);
 - ``teacher``: the GAE relevance of the model's own answer (what the compressor is trained to imitate; it needs
@@ -35,7 +36,21 @@ from .flops import flop_counter
 
 __all__ = ["METHODS", "EvalSettings", "evaluate", "prefill_flops"]
 
-METHODS = ("ours", "attention", "uniform", "random", "fastv", "teacher", "occlusion", "oracle")
+METHODS = (
+    "ours",
+    "attention",
+    "uniform",
+    "random",
+    "divprune",
+    "dart",
+    "cdpruner",
+    "fastv",
+    "teacher",
+    "occlusion",
+    "oracle",
+)
+#: methods that are runtime selectors (``model.config.selector``); the others set ``model.compressor``
+SELECTOR_METHODS = ("uniform", "divprune", "dart", "cdpruner")
 
 
 @dataclass
@@ -212,11 +227,10 @@ def evaluate(
     model.eval()
     tokenizer = getattr(processor, "tokenizer", processor)
     keeps = sorted({float(k) for k in settings.keeps} - {1.0}, reverse=True)
-    saved = (model.compressor, model.config.token_keep)
+    saved = (model.compressor, model.config.token_keep, model.config.selector)
     modules: dict[str, torch.nn.Module | None] = {
         "ours": compressor,
         "attention": None,
-        "uniform": UniformScores(),
         "random": RandomScores(settings.seed),
         "teacher": PresetScores(),
         "occlusion": PresetScores(),
@@ -249,6 +263,7 @@ def evaluate(
             bar.update(1)
         for method in methods:
             model.compressor = modules.get(method)
+            model.config.selector = method if method in SELECTOR_METHODS else "auto"
             for keep in keeps:
                 hits = correct[method].setdefault(keep, [])
                 for batch in batches:
@@ -263,16 +278,17 @@ def evaluate(
         flops: dict[str, dict[str, int]] = {}
         if settings.flops:
             first = _on(model, build_batch(processor, [records[0]]))
-            model.compressor = None
+            model.compressor, model.config.selector = None, "auto"
             flops["none"] = {"1.0": prefill_flops(model, first, "attention", 1.0)}
             for method in methods:
                 model.compressor = modules.get(method)
+                model.config.selector = method if method in SELECTOR_METHODS else "auto"
                 if isinstance(model.compressor, PresetScores):
                     model.compressor = UniformScores()  # same cost as preset scores
                 flops[method] = {str(k): prefill_flops(model, first, method, k, settings.fastv_k) for k in keeps}
     finally:
         bar.close()
-        model.compressor, model.config.token_keep = saved
+        model.compressor, model.config.token_keep, model.config.selector = saved
 
     qtypes = sorted({r["qtype"] for r in records} - {"all"})
 

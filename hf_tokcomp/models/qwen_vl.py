@@ -30,6 +30,8 @@ class QwenVLCompressionMixin(TokenCompressionMixin):
         embeds = inner.get_input_embeddings()(input_ids)
         visual_mask = torch.zeros_like(input_ids, dtype=torch.bool)
         segments: list[list[tuple[str, int, int]]] = [[] for _ in range(input_ids.shape[0])]
+        grids: dict[tuple[int, int], tuple[int, int, int]] = {}
+        merge = self.config.vision_config.spatial_merge_size
         sources = (
             ("image", "pixel_values", "image_grid_thw", self.config.image_token_id, inner.get_image_features),
             ("video", "pixel_values_videos", "video_grid_thw", self.config.video_token_id, inner.get_video_features),
@@ -39,12 +41,16 @@ class QwenVLCompressionMixin(TokenCompressionMixin):
                 continue
             mask = input_ids == token_id
             features = encode(visual[pixels_key], visual[grid_key], return_dict=True).pooler_output
+            thw = iter(visual[grid_key].tolist())  # one (t, h, w) per image / video, in batch order
             for b, found in enumerate(split_segments(mask, [f.shape[0] for f in features], kind)):
                 segments[b] += found
+                for _, start, _ in found:
+                    t, h, w = next(thw)
+                    grids[(b, start)] = (t, h // merge, w // merge)
             flat = torch.cat(features).to(embeds.device, embeds.dtype)
             embeds = embeds.masked_scatter(mask[..., None], flat)
             visual_mask |= mask
-        return MergedInputs(embeds, visual_mask, [sorted(s, key=lambda seg: seg[1]) for s in segments])
+        return MergedInputs(embeds, visual_mask, [sorted(s, key=lambda seg: seg[1]) for s in segments], grids)
 
     def _tokcomp_positions(
         self,

@@ -10,6 +10,7 @@ packed sequences).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -206,7 +207,14 @@ class VilaForConditionalGeneration(
         for kind, (mask, sizes) in found.items():
             visual_mask |= mask
             segments = [a + b for a, b in zip(segments, split_segments(mask, sizes, kind), strict=True)]
-        return MergedInputs(embeds, visual_mask, [sorted(s, key=lambda seg: seg[1]) for s in segments])
+        ordered = [sorted(s, key=lambda seg: seg[1]) for s in segments]
+        grids = {}  # every image / frame is a square of merged tokens
+        for b, sample in enumerate(ordered):
+            for _, start, end in sample:
+                side = math.isqrt(end - start)
+                if side * side == end - start:
+                    grids[(b, start)] = (1, side, side)
+        return MergedInputs(embeds, visual_mask, ordered, grids)
 
     def _tokcomp_text_model(self) -> nn.Module:
         return self.llm.model
