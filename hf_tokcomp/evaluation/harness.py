@@ -33,6 +33,7 @@ from ..training.labels import build_batch, normalise_answer
 from .baselines import PresetScores, RandomScores, UniformScores, oracle_scores, uniform_scores
 from .fastv import fastv_generate
 from .flops import flop_counter
+from .intervals import retention_interval
 
 __all__ = ["METHODS", "EvalSettings", "evaluate", "prefill_flops"]
 
@@ -305,6 +306,15 @@ def evaluate(
         m: {k: {q: (a / base[q] if base[q] else None) for q, a in per.items()} for k, per in acc.items()}
         for m, acc in accuracy.items()
     }
+
+    def intervals(hits: list[bool]) -> dict[str, list[float] | None]:
+        out = {"all": retention_interval(hits, full, seed=settings.seed)}
+        for q in qtypes:
+            pick = [i for i, r in enumerate(records) if r.get("qtype") == q]
+            out[q] = retention_interval([hits[i] for i in pick], [full[i] for i in pick], seed=settings.seed)
+        return out
+
+    retention_ci = {m: {str(k): intervals(correct[m][k]) for k in keeps} for m in methods}
     return {
         "num_samples": len(records),
         "counts": {"all": len(records)} | {q: sum(r.get("qtype") == q for r in records) for q in qtypes},
@@ -312,6 +322,7 @@ def evaluate(
         "methods": methods,
         "accuracy": accuracy,
         "retention": retention,
+        "retention_ci95": retention_ci,
         "visual_tokens": {"1.0": total_tokens / len(records)} | {str(k): kept_tokens[k] / len(records) for k in keeps},
         "flops": flops,
         "settings": asdict(settings),

@@ -12,6 +12,13 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _with_ci(result: dict[str, Any], method: str, keep: str, qtype: str) -> str:
+    """Retention in % with its 95% interval where the result has one: ``98.8 (97.0-100.5)``."""
+    value = _pct(result["retention"][method][keep][qtype])
+    interval = result.get("retention_ci95", {}).get(method, {}).get(keep, {}).get(qtype)
+    return value if interval is None else f"{value} ({100 * interval[0]:.1f}-{100 * interval[1]:.1f})"
+
+
 def eval_markdown(result: dict[str, Any]) -> str:
     """Retention (%) per method and keep ratio, overall and per question type, with tokens and FLOPs."""
     keeps = [str(k) for k in result["keeps"]]
@@ -19,7 +26,8 @@ def eval_markdown(result: dict[str, Any]) -> str:
     rule = "|---" * (len(keeps) + 1) + "|"
     lines = [
         f"Retention = accuracy / uncompressed accuracy, in %, on {result['num_samples']} samples "
-        f"(uncompressed accuracy {_pct(result['accuracy'][result['methods'][0]]['1.0']['all'])}%).",
+        f"(uncompressed accuracy {_pct(result['accuracy'][result['methods'][0]]['1.0']['all'])}%); in brackets the "
+        "95% interval of a paired bootstrap over the samples.",
         "",
         "**All questions**",
         "",
@@ -27,7 +35,8 @@ def eval_markdown(result: dict[str, Any]) -> str:
         rule,
     ]
     for method in result["methods"]:
-        lines.append(f"| {method} | " + " | ".join(_pct(result["retention"][method][k]["all"]) for k in keeps) + " |")
+        cells = [_with_ci(result, method, k, "all") for k in keeps]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("| visual tokens / sample | " + " | ".join(f"{result['visual_tokens'][k]:.1f}" for k in keeps) + " |")
     if result.get("flops"):
         full = result["flops"]["none"]["1.0"]
@@ -42,7 +51,7 @@ def eval_markdown(result: dict[str, Any]) -> str:
         base = _pct(result["accuracy"][result["methods"][0]]["1.0"][qtype])
         lines += ["", f"**{qtype}** ({result['counts'][qtype]} samples, uncompressed accuracy {base}%)", "", head, rule]
         for method in result["methods"]:
-            cells = " | ".join(_pct(result["retention"][method][k][qtype]) for k in keeps)
+            cells = " | ".join(_with_ci(result, method, k, qtype) for k in keeps)
             lines.append(f"| {method} | {cells} |")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,36 @@
+"""Confidence intervals for retention: a paired bootstrap over samples.
+
+Retention is a ratio of two accuracies measured on the SAME samples (a method at some keep, and the uncompressed
+model), so the samples are resampled together: each of ``resamples`` draws takes ``n`` samples with replacement
+and computes ``sum(method hits) / sum(uncompressed hits)`` on them. The interval is the draws' percentile range.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["retention_interval"]
+
+
+def retention_interval(
+    hits: list[bool], base: list[bool], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """``[low, high]`` of the retention ``sum(hits) / sum(base)`` at ``level`` (paired bootstrap), or None when
+    the uncompressed model answers none of the samples.
+
+    Args:
+        hits: per sample, whether the method answered right.
+        base: per sample, whether the uncompressed model answered right (same samples, same order).
+    """
+    if len(hits) != len(base):
+        raise ValueError(f"`hits` and `base` must cover the same samples, got {len(hits)} and {len(base)}")
+    if not any(base):
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(hits), (resamples, len(hits)), generator=gen)
+    method = torch.tensor(hits, dtype=torch.float64)[draws].sum(1)
+    reference = torch.tensor(base, dtype=torch.float64)[draws].sum(1)
+    ratios = (method / reference.clamp_min(1))[reference > 0]
+    tail = (1 - level) / 2
+    low, high = torch.quantile(ratios, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return [low, high]
