@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         step(f"trained the compressor: {json.dumps(history[-1])}")
     compressor = TokenCompressor.from_pretrained(compressor_dir).eval()
     records = read_records(test)
-    result = evaluate(model, processor, records, compressor, EvalSettings(max_new_tokens=2))
+    methods = ("ours", "attention", "uniform", "random", "fastv", "teacher", "occlusion", "oracle")
+    result = evaluate(model, processor, records, compressor, EvalSettings(max_new_tokens=2, methods=methods))
     result |= {"model": "hf_tokcomp organism", "compressor": str(compressor_dir), "data": str(test)}
     (out / "eval.json").write_text(json.dumps(result, indent=1))
     table = eval_markdown(result)
