@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,8 @@ class CompressedBatch:
         position_ids: ``(*P, B, L')`` the original position ids of the kept tokens (gaps allowed).
         labels: ``(B, L')`` kept labels (-100 on padding), or None.
         source_index: ``(B, L')`` index of each kept token in the uncompressed sequence, -1 on padding.
+        side: per-token side inputs of the family, each ``(B, L', *)`` (zeros on padding), gathered like the
+            embeddings (e.g. Qwen3-VL's DeepStack features).
     """
 
     input_ids: torch.Tensor
@@ -28,6 +30,7 @@ class CompressedBatch:
     position_ids: torch.Tensor
     labels: torch.Tensor | None
     source_index: torch.Tensor
+    side: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def compress_batch(
@@ -38,6 +41,7 @@ def compress_batch(
     labels: torch.Tensor | None = None,
     pad_token_id: int = 0,
     left_padding: bool = True,
+    side: dict[str, torch.Tensor] | None = None,
 ) -> CompressedBatch:
     """Gather the tokens marked in ``keep`` and re-pad the batch.
 
@@ -49,6 +53,7 @@ def compress_batch(
         labels: ``(B, L)`` or None.
         pad_token_id: id written on padding.
         left_padding: pad on the left (what generation needs) or on the right.
+        side: per-token side inputs ``(B, L, *)`` to gather the same way.
     """
     batch, length = keep.shape
     counts = keep.sum(dim=1)
@@ -66,6 +71,11 @@ def compress_batch(
         """Gather the last (sequence) dim of x ``(*P, B, L)`` and fill the padding."""
         return x.gather(-1, index.expand(*x.shape[:-2], batch, new_len)).masked_fill(~valid, fill)
 
+    def take_rows(x: torch.Tensor) -> torch.Tensor:
+        """Gather ``(B, L, *)`` along the sequence and zero the padding."""
+        picked = x[torch.arange(batch, device=x.device)[:, None], index.to(x.device)]
+        return picked.masked_fill(~valid.to(x.device).view(batch, new_len, *([1] * (x.ndim - 2))), 0)
+
     embeds = inputs_embeds.gather(1, index[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
     return CompressedBatch(
         input_ids=take(input_ids, pad_token_id),
@@ -74,4 +84,5 @@ def compress_batch(
         position_ids=take(position_ids, 1),
         labels=None if labels is None else take(labels, -100),
         source_index=source,
+        side={name: take_rows(x) for name, x in (side or {}).items()},
     )

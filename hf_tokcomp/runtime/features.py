@@ -90,7 +90,7 @@ def layer0_attention_features(
     Args:
         hidden: ``(B, L, D)`` merged input embeddings (the LLM's input).
         layer: decoder layer 0; needs ``input_layernorm`` and ``self_attn`` with ``q_proj``, ``k_proj``,
-            ``head_dim``, ``scaling`` (Llama/Qwen2 style).
+            ``head_dim``, ``scaling`` (Llama/Qwen2 style), and ``q_norm`` / ``k_norm`` where it has them (Qwen3).
         cos, sin: ``(B, L, head_dim)`` rotary tables at the original positions (M-RoPE already mixed in).
         attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding.
         rows: ``(B, L)`` bool, the query rows to average (see :func:`instruction_rows`).
@@ -111,8 +111,11 @@ def layer0_attention_features(
     row_valid = torch.arange(r_max, device=hidden.device)[None, :] < n_rows[:, None]
 
     h_rows = h.gather(1, order[..., None].expand(-1, -1, h.shape[-1]))
-    q = attn.q_proj(h_rows).view(batch, r_max, -1, head_dim).transpose(1, 2).float()
-    k = attn.k_proj(h).view(batch, length, -1, head_dim).transpose(1, 2).float()
+    q = attn.q_proj(h_rows).view(batch, r_max, -1, head_dim)
+    k = attn.k_proj(h).view(batch, length, -1, head_dim)
+    if getattr(attn, "q_norm", None) is not None:  # Qwen3: RMSNorm over each head's q and k before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2).float(), k.transpose(1, 2).float()
     cos_rows = cos.gather(1, order[..., None].expand(-1, -1, head_dim)).float()
     sin_rows = sin.gather(1, order[..., None].expand(-1, -1, head_dim)).float()
     q = _apply_rope(q, cos_rows, sin_rows)

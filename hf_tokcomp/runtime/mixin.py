@@ -58,12 +58,14 @@ class MergedInputs:
         visual_mask: ``(B, L)`` bool, True on visual tokens.
         segments: per sample, ``(kind, start, end)`` of each visual segment (one image or one video), in order.
         grids: ``(sample, start) -> (t, h, w)`` token grid of a segment where the family knows it (else 1-D).
+        side: per-token side inputs ``(B, L, *)`` that must be pruned with the tokens (Qwen3-VL DeepStack).
     """
 
     inputs_embeds: torch.Tensor
     visual_mask: torch.Tensor
     segments: list[list[tuple[str, int, int]]]
     grids: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
+    side: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class TokenCompressionMixin:
@@ -135,6 +137,11 @@ class TokenCompressionMixin:
     def _tokcomp_llm_positions(self, batch: CompressedBatch) -> torch.Tensor:
         """The ``position_ids`` the stock forward is given for the compressed batch."""
         return batch.position_ids
+
+    def _tokcomp_llm_inputs(self, batch: CompressedBatch, generating: bool) -> dict[str, Any]:
+        """The stock forward's / generate's inputs for the compressed batch: by default its embeddings (and, for
+        ``generate``, its ids). Families with per-token side inputs hand them over here."""
+        return {"input_ids": batch.input_ids if generating else None, "inputs_embeds": batch.inputs_embeds}
 
     def _tokcomp_start_decoding(self, batch: CompressedBatch) -> None:
         """Update any cached decoding state (e.g. a rope delta) after a compressed prefill."""
@@ -292,6 +299,7 @@ class TokenCompressionMixin:
             labels=labels,
             pad_token_id=self.config.get_text_config().pad_token_id or 0,
             left_padding=bool(attention_mask[:, -1].all()) if left_padding is None else left_padding,
+            side=merged.side,
         )
         self.last_compression = selections
         return batch
@@ -336,8 +344,7 @@ class TokenCompressionMixin:
         self._tokcomp_start_decoding(batch)
         positions = self._tokcomp_llm_positions(batch)
         out = super().forward(
-            input_ids=None,
-            inputs_embeds=batch.inputs_embeds,
+            **self._tokcomp_llm_inputs(batch, generating=False),
             attention_mask=batch.attention_mask,
             position_ids=positions,
             labels=batch.labels,
