@@ -45,6 +45,7 @@ _REMOTE_MODULES = (
     "models.qwen_vl",
     "models.qwen2_vl",
     "models.qwen2_5_vl",
+    "models.qwen3_vl",
     "models.llava_onevision",
     "models.vila.config",
     "models.vila.projector",

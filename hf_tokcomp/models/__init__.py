@@ -3,6 +3,12 @@
 from .llava_onevision import LlavaOnevisionCompressionConfig, LlavaOnevisionForConditionalGeneration
 from .qwen2_5_vl import Qwen2_5_VLCompressionConfig, Qwen2_5_VLForConditionalGeneration
 from .qwen2_vl import Qwen2VLCompressionConfig, Qwen2VLForConditionalGeneration
+from .qwen3_vl import (
+    Qwen3VLCompressionConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeCompressionConfig,
+    Qwen3VLMoeForConditionalGeneration,
+)
 from .registry import MODEL_CLASSES, load_compressed_model
 from .vila import VilaConfig, VilaForConditionalGeneration, VilaProcessor
 
@@ -15,6 +21,10 @@ __all__ = [
     "Qwen2VLForConditionalGeneration",
     "Qwen2_5_VLCompressionConfig",
     "Qwen2_5_VLForConditionalGeneration",
+    "Qwen3VLCompressionConfig",
+    "Qwen3VLForConditionalGeneration",
+    "Qwen3VLMoeCompressionConfig",
+    "Qwen3VLMoeForConditionalGeneration",
     "VilaConfig",
     "VilaForConditionalGeneration",
     "VilaProcessor",

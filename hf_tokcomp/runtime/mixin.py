@@ -387,7 +387,7 @@ class TokenCompressionMixin:
             positions,
             input_ids,
             generation_config,
-            dict(kwargs, inputs_embeds=batch.inputs_embeds),
+            kwargs | {k: v for k, v in self._tokcomp_llm_inputs(batch, generating=True).items() if k != "input_ids"},
         )
 
     def _tokcomp_continue(self, prompt: CompressedPrompt, inputs, generation_config, kwargs: dict[str, Any]):

@@ -1,0 +1,66 @@
+"""A tiny Qwen3-VL (dense or MoE) built in code: the real architecture (DeepStack mergers, interleaved M-RoPE,
+q/k norms) at toy sizes, with the token ids of :data:`hf_tokcomp.testing.tiny_qwen.VOCAB` so that
+:func:`~hf_tokcomp.testing.tiny_qwen.make_qwen_inputs` builds its inputs."""
+
+from __future__ import annotations
+
+from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
+
+from .tiny_qwen import VOCAB
+
+__all__ = ["tiny_qwen3_vl_config"]
+
+
+def tiny_qwen3_vl_config(
+    moe: bool = False, hidden_size: int = 64, num_layers: int = 4, num_heads: int = 4, vocab_size: int = 300
+) -> Qwen3VLConfig | Qwen3VLMoeConfig:
+    """A small but complete Qwen3-VL config: 2x2 patch merging, DeepStack features added after LLM layers 0 and
+    1 (from vision blocks 0 and 1), interleaved M-RoPE sections scaled to the head size."""
+    head_dim = hidden_size // num_heads
+    half = head_dim // 2
+    section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads // 2,
+        head_dim=head_dim,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": section,
+            "mrope_interleaved": True,
+        },
+        bos_token_id=VOCAB["bos"],
+        eos_token_id=VOCAB["eos"],
+        pad_token_id=VOCAB["pad"],
+        max_position_embeddings=4096,
+    )
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size, decoder_sparse_step=1)
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=2,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        in_channels=3,
+        out_hidden_size=hidden_size,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0, 1],
+    )
+    cls = Qwen3VLMoeConfig if moe else Qwen3VLConfig
+    return cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=VOCAB["image"],
+        video_token_id=VOCAB["video"],
+        vision_start_token_id=VOCAB["vision_start"],
+        vision_end_token_id=VOCAB["vision_end"],
+        pad_token_id=VOCAB["pad"],
+        tie_word_embeddings=False,
+    )

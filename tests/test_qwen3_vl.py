@@ -1,0 +1,155 @@
+"""Qwen3-VL (dense and MoE): the same contract as Qwen2-VL, with DeepStack features pruned with their tokens.
+
+References are the STOCK model: its own forward at keep 1, and its language model called by hand on the
+hand-shortened sequence (kept embeddings, original M-RoPE positions, ``visual_pos_masks`` and DeepStack features
+of the kept visual tokens), with the naive no-cache loop for generation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import hf_tokcomp
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
+from hf_tokcomp.testing.tiny_qwen3 import tiny_qwen3_vl_config
+
+from .fixed_scores import FixedScores, fixed_scores
+from .reference import naive_kept_positions, qwen_segment_sizes
+from .test_features import check_feature_path, hand_features, visual_runs
+
+A = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
+B = [("text", [5]), ("image", (4, 6)), ("text", [10, 11]), ("image", (4, 4)), ("text", [12, 20, 21])]
+TEXT = [("text", [5, 6, 7, 8])]
+CLASSES = {
+    "dense": (transformers.Qwen3VLForConditionalGeneration, hf_tokcomp.Qwen3VLForConditionalGeneration),
+    "moe": (transformers.Qwen3VLMoeForConditionalGeneration, hf_tokcomp.Qwen3VLMoeForConditionalGeneration),
+}
+
+
+@pytest.fixture(scope="module", params=list(CLASSES))
+def checkpoint(request, tmp_path_factory):
+    stock_cls, ours_cls = CLASSES[request.param]
+    torch.manual_seed(0)
+    stock = stock_cls(tiny_qwen3_vl_config(moe=request.param == "moe")).eval()
+    path = tmp_path_factory.mktemp(f"qwen3_vl_{request.param}")
+    stock.save_pretrained(path)
+    return stock, path, ours_cls
+
+
+@pytest.fixture()
+def stock(checkpoint):
+    return checkpoint[0]
+
+
+@pytest.fixture()
+def ours(checkpoint):
+    model, info = checkpoint[2].from_pretrained(checkpoint[1], output_loading_info=True)
+    assert not any(info.values()), info  # every weight loaded, none random
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+class StockReference:
+    """The stock model's pieces: merged embeddings, DeepStack side features, M-RoPE positions."""
+
+    def __init__(self, stock, inputs):
+        self.stock = stock
+        inner = stock.model
+        with torch.no_grad():
+            out = inner.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
+            ids = inputs["input_ids"]
+            self.visual = ids == stock.config.image_token_id
+            self.embeds = inner.get_input_embeddings()(ids).masked_scatter(
+                self.visual[..., None], torch.cat(out.pooler_output)
+            )
+            self.deepstack = [
+                torch.zeros_like(self.embeds).masked_scatter(self.visual[..., None], torch.cat(level))
+                for level in out.deepstack_features
+            ]
+            self.positions, _ = inner.get_rope_index(
+                ids,
+                mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs["image_grid_thw"],
+                attention_mask=inputs["attention_mask"],
+            )
+
+    @torch.no_grad()
+    def logits(self, b: int, kept: list[int], appended: list[int] = ()) -> torch.Tensor:
+        """``(len(kept) + len(appended), V)``: the stock language model on the shortened sequence of sample ``b``
+        plus ``appended`` text tokens (positions after the prompt's largest), no cache."""
+        idx = torch.tensor(kept)
+        embeds, positions = self.embeds[b, idx], self.positions[:, b, idx]
+        visual = self.visual[b, idx]
+        deepstack = [level[b, idx][visual] for level in self.deepstack]
+        if appended:
+            table = self.stock.model.get_input_embeddings()
+            embeds = torch.cat([embeds, table(torch.tensor(list(appended)))])
+            after = positions.amax() + torch.arange(1, len(appended) + 1)
+            positions = torch.cat([positions, after[None].expand(3, -1)], dim=1)
+            visual = torch.cat([visual, torch.zeros(len(appended), dtype=torch.bool)])
+        hidden = self.stock.model.language_model(
+            inputs_embeds=embeds[None],
+            position_ids=positions[:, None],
+            visual_pos_masks=visual[None],
+            deepstack_visual_embeds=deepstack,
+        ).last_hidden_state
+        return self.stock.lm_head(hidden)[0]
+
+
+def test_keep_1_is_the_stock_model(stock, ours):
+    inputs = make_qwen_inputs([A, B, TEXT], stock.config)
+    stock.generation_config.eos_token_id = None
+    with torch.no_grad():
+        assert torch.equal(ours(**inputs).logits, stock(**inputs).logits)
+        assert torch.equal(
+            ours.generate(**inputs, max_new_tokens=4, do_sample=False),
+            stock.generate(**inputs, max_new_tokens=4, do_sample=False),
+        )
+
+
+def test_fixed_scores_equal_the_stock_language_model_on_the_shortened_sequence(stock, ours):
+    """DeepStack features are pruned with their tokens: only the kept visual tokens get them, at their place."""
+    inputs = make_qwen_inputs([A, B, TEXT], stock.config)
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.25
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.25)
+    reference = StockReference(stock, inputs)
+    with torch.no_grad():
+        got = ours(**inputs).logits
+    for b, idx in enumerate(kept):
+        torch.testing.assert_close(got[b, -len(idx) :], reference.logits(b, idx), rtol=1e-5, atol=1e-5)
+
+
+def test_generate_equals_the_naive_loop_and_is_batch_invariant(stock, ours):
+    inputs = make_qwen_inputs([A, B], stock.config)
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.25
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.25)
+    reference = StockReference(stock, inputs)
+    with torch.no_grad():
+        out = ours.generate(
+            **inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True
+        )
+        alone = ours.generate(**make_qwen_inputs([B], stock.config), max_new_tokens=4, do_sample=False)
+    prompt = inputs["input_ids"].shape[1]
+    assert torch.equal(out.sequences[:, :prompt], inputs["input_ids"])
+    for b in range(2):
+        tokens = out.sequences[b, prompt:].tolist()
+        for step in range(4):
+            expected = reference.logits(b, kept[b], tokens[:step])[-1]
+            torch.testing.assert_close(out.logits[step][b], expected, rtol=1e-5, atol=1e-5)
+    assert out.sequences[1, -4:].tolist() == alone[0, -4:].tolist()
+
+
+def test_feature_path_equals_stock_eager_attention_with_qk_norms(stock, ours):
+    inputs = make_qwen_inputs([A, B], stock.config)
+    stock.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attn = stock(**inputs, output_attentions=True).attentions[0]
+    finally:
+        stock.set_attn_implementation("sdpa")
+    ids = inputs["input_ids"]
+    visual = ids == stock.config.image_token_id
+    runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
+    check_feature_path(ours, inputs, hand_features(attn, visual, inputs["attention_mask"]), runs)
