@@ -364,3 +364,66 @@ def test_eager_and_sdpa_give_equal_logits_under_compression(stock_checkpoint, fa
     for b, positions in enumerate(kept):  # real tokens only (left padded): padding rows are undefined
         n = len(positions)
         torch.testing.assert_close(logits["eager"][b, -n:], logits["sdpa"][b, -n:], rtol=1e-5, atol=1e-5)
+
+
+# ---- found by review: the cache record, masks, loading options, merged generation configs ------------------------
+def test_a_reset_cache_forgets_its_compressed_prompt(stock, ours):
+    from transformers import DynamicCache
+
+    model = compressed(ours)
+    inputs = make_qwen_inputs([A], stock.config)
+    text = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config.get_text_config())
+        model.generate(**inputs, max_new_tokens=2, past_key_values=cache)
+        cache.reset()
+        first = model(input_ids=text, past_key_values=cache, use_cache=True)
+        step = model(input_ids=torch.tensor([[9]]), past_key_values=first.past_key_values).logits
+        fresh = model(input_ids=text, use_cache=True)
+        expected = model(input_ids=torch.tensor([[9]]), past_key_values=fresh.past_key_values).logits
+    torch.testing.assert_close(step, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_cache_cropped_into_the_compressed_prompt_is_refused(stock, ours):
+    model = compressed(ours)
+    inputs = make_qwen_inputs([A], stock.config)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=2, return_dict_in_generate=True)
+        out.past_key_values.crop(-(out.past_key_values.get_seq_length() - 3))
+        with pytest.raises(ValueError, match="cropped"):
+            model.generate(input_ids=out.sequences, past_key_values=out.past_key_values, max_new_tokens=2)
+
+
+def test_manual_decoding_without_a_mask_ignores_the_compressed_padding(stock, ours):
+    """Equal-length prompts (no mask needed) whose compressed lengths differ: the re-padding must stay masked."""
+    samples = [
+        [("text", [5, 6]), ("image", (8, 8)), ("text", [7])],
+        [("text", [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]), ("image", (4, 6)), ("text", [7])],
+    ]
+    inputs = make_qwen_inputs(samples, stock.config)
+    assert bool(inputs["attention_mask"].all())
+    model = compressed(ours, keep=0.25)
+    step = torch.tensor([[20], [20]])
+    with torch.no_grad():
+        first = model(**inputs, use_cache=True)
+        no_mask = model(input_ids=step, past_key_values=first.past_key_values).logits
+        first = model(**inputs, use_cache=True)
+        mask = torch.ones(2, inputs["input_ids"].shape[1] + 1, dtype=torch.long)
+        with_mask = model(input_ids=step, attention_mask=mask, past_key_values=first.past_key_values).logits
+    torch.testing.assert_close(no_mask, with_mask, rtol=1e-6, atol=1e-6)
+
+
+def test_loading_with_a_config_object_or_a_subfolder(stock_checkpoint, family, tmp_path):
+    _, ours_cls = FAMILIES[family]
+    model = ours_cls.from_pretrained(stock_checkpoint[1], token_keep=0.25)
+    model.save_pretrained(tmp_path / "sub")
+    assert ours_cls.from_pretrained(tmp_path, subfolder="sub").config.token_keep == 0.25
+    config = ours_cls.config_class.from_pretrained(tmp_path / "sub")
+    assert ours_cls.from_pretrained(tmp_path / "sub", config=config).config.token_keep == config.token_keep
+
+
+def test_options_in_the_models_generation_config_are_checked_too(stock, ours):
+    model = compressed(ours)
+    model.generation_config.prompt_lookup_num_tokens = 2
+    with pytest.raises(ValueError, match="`prompt_lookup_num_tokens`"):
+        model.generate(**make_qwen_inputs([A], stock.config), max_new_tokens=2)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from transformers import PreTrainedConfig
 from transformers.utils import cached_file
 
 from ..runtime.compressor import TokenCompressor
@@ -32,7 +33,8 @@ SETTINGS_FILE = "hf_tokcomp.json"
 
 
 def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+    keys = ("revision", "cache_dir", "token", "local_files_only", "subfolder", "force_download", "proxies")
+    return {k: kwargs[k] for k in keys if k in kwargs}
 
 
 def _saved_settings(path: str | os.PathLike | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -113,8 +115,9 @@ class CompressorHubMixin:
         checkpoint (``compressor/``) if there is one. The compressor is loaded and checked FIRST, so a bad one
         fails before the large download. ``token_keep=`` is a config override like any other; without it, the
         setting saved by our ``save_pretrained`` (:data:`SETTINGS_FILE`) applies."""
-        for field, value in _saved_settings(pretrained_model_name_or_path, kwargs).items():
-            kwargs.setdefault(field, value)
+        if not isinstance(kwargs.get("config"), PreTrainedConfig):  # a config object given is authoritative
+            for field, value in _saved_settings(pretrained_model_name_or_path, kwargs).items():
+                kwargs.setdefault(field, value)
         if compressor is SAVED:
             compressor = _saved_compressor(pretrained_model_name_or_path, kwargs)
         resolved = resolve_compressor(compressor, cls.config_class.model_type, cls._tokcomp_in_channels)

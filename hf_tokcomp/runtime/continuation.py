@@ -93,8 +93,22 @@ def attach_prompt(cache: Any, prompt: CompressedPrompt) -> None:
 
 
 def prompt_of(cache: Any) -> CompressedPrompt | None:
-    """The :class:`CompressedPrompt` a non-empty ``cache`` was filled from, or None."""
+    """The :class:`CompressedPrompt` a non-empty ``cache`` was filled from, or None.
+
+    An EMPTY cache forgets its record (``cache.reset()``, or a fresh start on the same object), so a later prefill
+    that does not compress is never translated. A cache cropped into the compressed prompt is refused.
+    """
     prompt = getattr(cache, _ATTRIBUTE, None)  # checked first: a plain cache costs no tensor op (torch.compile)
-    if prompt is None or cache.get_seq_length() == 0:
+    if prompt is None:
         return None
+    length = cache.get_seq_length()
+    if length == 0:
+        setattr(cache, _ATTRIBUTE, None)
+        return None
+    if length < prompt.input_ids.shape[1]:
+        raise ValueError(
+            f"`past_key_values` was cropped to {length} tokens, inside the compressed prompt it holds "
+            f"({prompt.input_ids.shape[1]} tokens): the dropped part cannot be re-fed by ids. Crop only tokens "
+            "after the prompt, or start from an empty cache."
+        )
     return prompt

@@ -321,15 +321,16 @@ class TokenCompressionMixin:
             if prompt is not None and input_ids is not None:
                 prompt = prompt.rows(input_ids.shape[0])
                 done = past_key_values.get_seq_length() - prompt.input_ids.shape[1]  # tokens after the prompt
-                if attention_mask is not None:
-                    caller = prompt.caller_ids.shape[1] + done + input_ids.shape[1]
-                    if attention_mask.shape[1] != caller:
-                        raise ValueError(
-                            f"`attention_mask` has {attention_mask.shape[1]} columns; on this cache (filled by a "
-                            f"compressed prompt) it must cover the caller's view: {caller} = prompt + earlier "
-                            "tokens + `input_ids`."
-                        )
-                    attention_mask = prompt.compressed_mask(attention_mask)
+                caller = prompt.caller_ids.shape[1] + done + input_ids.shape[1]
+                if attention_mask is None:  # the caller's view has no padding; the compressed prompt may have
+                    attention_mask = torch.ones(input_ids.shape[0], caller, dtype=torch.long, device=input_ids.device)
+                if attention_mask.shape[1] != caller:
+                    raise ValueError(
+                        f"`attention_mask` has {attention_mask.shape[1]} columns; on this cache (filled by a "
+                        f"compressed prompt) it must cover the caller's view: {caller} = prompt + earlier "
+                        "tokens + `input_ids`."
+                    )
+                attention_mask = prompt.compressed_mask(attention_mask)
                 if position_ids is None:
                     position_ids = prompt.positions_after(done, input_ids.shape[1]).to(input_ids.device)
             return super().forward(
@@ -366,12 +367,13 @@ class TokenCompressionMixin:
             if prompt is None:
                 return super().generate(inputs, generation_config=generation_config, **kwargs)
             return self._tokcomp_continue(prompt, inputs, generation_config, kwargs)
-        check_generate_options(generation_config or self.generation_config, kwargs)
+        merged_config = self._tokcomp_generation_config(generation_config, kwargs)
+        check_generate_options(merged_config, kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         self._tokcomp_take_visual(kwargs)
         attention_mask = kwargs.pop("attention_mask", None)
         if attention_mask is None:
-            attention_mask = infer_attention_mask(input_ids, generation_config or self.generation_config)
+            attention_mask = infer_attention_mask(input_ids, merged_config)
         batch = self._tokcomp_compress(
             input_ids, attention_mask, kwargs.pop("position_ids", None), None, visual, left_padding=True
         )
@@ -393,7 +395,7 @@ class TokenCompressionMixin:
     def _tokcomp_continue(self, prompt: CompressedPrompt, inputs, generation_config, kwargs: dict[str, Any]):
         """``generate`` on a cache filled by a compressed prompt: the caller's ids (the returned sequences, then
         the new tokens) are translated to what the cache holds, the new tokens keep their original positions."""
-        check_generate_options(generation_config or self.generation_config, kwargs)
+        check_generate_options(self._tokcomp_generation_config(generation_config, kwargs), kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         if input_ids is None:
             raise ValueError("`generate` on a cache filled by a compressed prompt needs `input_ids`.")
@@ -408,11 +410,15 @@ class TokenCompressionMixin:
         positions = torch.cat([prompt.positions.to(ids.device), prompt.positions_after(0, after).to(ids.device)], -1)
         return self._tokcomp_generate(prompt, ids, mask, positions, input_ids, generation_config, kwargs)
 
+    def _tokcomp_generation_config(self, generation_config, kwargs: dict[str, Any]):
+        """The config stock ``generate`` will use: the caller's, filled with the model's, with ``kwargs`` applied."""
+        options = {k: v for k, v in kwargs.items() if k not in self._tokcomp_visual_keys}
+        return self._prepare_generation_config(generation_config, **options)[0]
+
     def _tokcomp_generate(self, prompt, ids, mask, positions, caller_ids, generation_config, kwargs):
         """Stock ``generate`` on the compressed view ``ids`` ``(B, L')``; lengths, streamer and the returned
         sequences in the caller's view ``caller_ids`` ``(B, L)``; the cache records ``prompt``."""
-        configs = [c for c in (generation_config, self.generation_config) if c is not None]
-        lengths_as_new_tokens(kwargs, configs, caller_ids.shape[1])
+        lengths_as_new_tokens(kwargs, [self._tokcomp_generation_config(generation_config, {})], caller_ids.shape[1])
         if kwargs.get("streamer") is not None:
             kwargs["streamer"] = PromptSwapStreamer(kwargs["streamer"], caller_ids)
         self.__dict__["_tokcomp_generating"] = True
