@@ -425,5 +425,6 @@ def test_loading_with_a_config_object_or_a_subfolder(stock_checkpoint, family, t
 def test_options_in_the_models_generation_config_are_checked_too(stock, ours):
     model = compressed(ours)
     model.generation_config.prompt_lookup_num_tokens = 2
+    own = transformers.GenerationConfig(max_new_tokens=2)  # stock fills what it leaves unset from the model's
     with pytest.raises(ValueError, match="`prompt_lookup_num_tokens`"):
-        model.generate(**make_qwen_inputs([A], stock.config), max_new_tokens=2)
+        model.generate(**make_qwen_inputs([A], stock.config), generation_config=own)
