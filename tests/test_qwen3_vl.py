@@ -22,6 +22,7 @@ from .test_features import check_feature_path, hand_features, visual_runs
 A = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
 B = [("text", [5]), ("image", (4, 6)), ("text", [10, 11]), ("image", (4, 4)), ("text", [12, 20, 21])]
 TEXT = [("text", [5, 6, 7, 8])]
+VIDEO = [("text", [5, 6]), ("video", (4, 4, 6)), ("text", [7, 8, 9])]  # 2 frames, each its own segment
 CLASSES = {
     "dense": (transformers.Qwen3VLForConditionalGeneration, hf_tokcomp.Qwen3VLForConditionalGeneration),
     "moe": (transformers.Qwen3VLMoeForConditionalGeneration, hf_tokcomp.Qwen3VLMoeForConditionalGeneration),
@@ -51,27 +52,50 @@ def ours(checkpoint):
     return model.eval()
 
 
+def frame_sizes(inputs, config) -> dict[int, list[int]]:
+    """Tokens per segment: one per image; one per video FRAME (Qwen3-VL separates frames by timestamps)."""
+    sizes = qwen_segment_sizes(inputs, config)
+    merge = config.vision_config.spatial_merge_size
+    sizes[config.video_token_id] = [
+        int(h * w) // merge**2
+        for t, h, w in inputs.get("video_grid_thw", torch.zeros(0, 3)).tolist()
+        for _ in range(int(t))
+    ]
+    return sizes
+
+
 class StockReference:
     """The stock model's pieces: merged embeddings, DeepStack side features, M-RoPE positions."""
 
     def __init__(self, stock, inputs):
         self.stock = stock
         inner = stock.model
+        ids = inputs["input_ids"]
+        self.embeds = inner.get_input_embeddings()(ids).detach()
+        self.visual = torch.zeros_like(ids, dtype=torch.bool)
+        self.deepstack = None
         with torch.no_grad():
-            out = inner.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
-            ids = inputs["input_ids"]
-            self.visual = ids == stock.config.image_token_id
-            self.embeds = inner.get_input_embeddings()(ids).masked_scatter(
-                self.visual[..., None], torch.cat(out.pooler_output)
-            )
-            self.deepstack = [
-                torch.zeros_like(self.embeds).masked_scatter(self.visual[..., None], torch.cat(level))
-                for level in out.deepstack_features
-            ]
+            for pixels, grid, token, encode in (
+                ("pixel_values", "image_grid_thw", stock.config.image_token_id, inner.get_image_features),
+                ("pixel_values_videos", "video_grid_thw", stock.config.video_token_id, inner.get_video_features),
+            ):
+                if pixels not in inputs:
+                    continue
+                out = encode(inputs[pixels], inputs[grid], return_dict=True)
+                mask = ids == token
+                self.visual |= mask
+                self.embeds = self.embeds.masked_scatter(mask[..., None], torch.cat(out.pooler_output))
+                levels = [torch.cat(level) for level in out.deepstack_features]
+                if self.deepstack is None:
+                    self.deepstack = [torch.zeros_like(self.embeds) for _ in levels]
+                self.deepstack = [
+                    d.masked_scatter(mask[..., None], f) for d, f in zip(self.deepstack, levels, strict=True)
+                ]
             self.positions, _ = inner.get_rope_index(
                 ids,
                 mm_token_type_ids=inputs["mm_token_type_ids"],
-                image_grid_thw=inputs["image_grid_thw"],
+                image_grid_thw=inputs.get("image_grid_thw"),
+                video_grid_thw=inputs.get("video_grid_thw"),
                 attention_mask=inputs["attention_mask"],
             )
 
@@ -99,7 +123,7 @@ class StockReference:
 
 
 def test_keep_1_is_the_stock_model(stock, ours):
-    inputs = make_qwen_inputs([A, B, TEXT], stock.config)
+    inputs = make_qwen_inputs([A, B, TEXT, VIDEO], stock.config, video_frames=True)
     stock.generation_config.eos_token_id = None
     with torch.no_grad():
         assert torch.equal(ours(**inputs).logits, stock(**inputs).logits)
@@ -109,11 +133,13 @@ def test_keep_1_is_the_stock_model(stock, ours):
         )
 
 
-def test_fixed_scores_equal_the_stock_language_model_on_the_shortened_sequence(stock, ours):
-    """DeepStack features are pruned with their tokens: only the kept visual tokens get them, at their place."""
-    inputs = make_qwen_inputs([A, B, TEXT], stock.config)
+@pytest.mark.parametrize("samples", [[A, B, TEXT], [VIDEO, A]], ids=["images", "video_frames"])
+def test_fixed_scores_equal_the_stock_language_model_on_the_shortened_sequence(stock, ours, samples):
+    """DeepStack features are pruned with their tokens: only the kept visual tokens get them, at their place.
+    A video's frames (separated by timestamps) are separate segments."""
+    inputs = make_qwen_inputs(samples, stock.config, video_frames=True)
     ours.compressor, ours.config.token_keep = FixedScores(), 0.25
-    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.25)
+    kept = naive_kept_positions(inputs, frame_sizes(inputs, stock.config), fixed_scores, 0.25)
     reference = StockReference(stock, inputs)
     with torch.no_grad():
         got = ours(**inputs).logits

@@ -16,6 +16,8 @@ from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 __all__ = ["VOCAB", "tiny_qwen_config", "make_qwen_inputs"]
 
 #: ids of the special tokens in the tiny vocabulary (300 tokens; ids below 280 are ordinary text)
+#: first id of the stand-in timestamp tokens of Qwen3-VL-style videos (one per frame)
+TIMESTAMP = 250
 VOCAB = {"pad": 0, "bos": 1, "eos": 2, "vision_start": 290, "vision_end": 291, "image": 292, "video": 293}
 
 
@@ -86,6 +88,7 @@ def make_qwen_inputs(
     config: Qwen2VLConfig | Qwen2_5_VLConfig,
     seed: int = 0,
     padding_side: str = "left",
+    video_frames: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Processor-style inputs for a batch.
 
@@ -95,6 +98,8 @@ def make_qwen_inputs(
         config: the model config (token ids, patch and merge sizes).
         seed: seed of the random pixels (mixed with each sample's content).
         padding_side: ``"left"`` (generation) or ``"right"``.
+        video_frames: lay a video out frame by frame, each with a timestamp token and its own vision start / end
+            (Qwen3-VL's layout), instead of one run.
 
     Returns:
         ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` ``(B, L)``; ``pixel_values`` ``(patches, C*T*P*P)``
@@ -119,8 +124,15 @@ def make_qwen_inputs(
             t, h, w = (1, *value) if kind == "image" else (value[0] // temporal, *value[1:])
             n_tokens = t * h * w // merge**2
             token, type_id = (config.image_token_id, 1) if kind == "image" else (config.video_token_id, 2)
-            ids += [config.vision_start_token_id, *[token] * n_tokens, config.vision_end_token_id]
-            types += [0, *[type_id] * n_tokens, 0]
+            if kind == "video" and video_frames:  # Qwen3-VL: "<t> <vision_start> frame <vision_end>" per frame
+                per_frame = n_tokens // t
+                for frame in range(t):
+                    ids += [TIMESTAMP + frame, config.vision_start_token_id, *[token] * per_frame]
+                    ids += [config.vision_end_token_id]
+                    types += [0, 0, *[type_id] * per_frame, 0]
+            else:
+                ids += [config.vision_start_token_id, *[token] * n_tokens, config.vision_end_token_id]
+                types += [0, *[type_id] * n_tokens, 0]
             pixels[kind].append(torch.randn(t * h * w, patch_dim, generator=gen))
             grids[kind].append([t, h, w])
         ids_per_sample.append(ids)
