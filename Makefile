@@ -58,13 +58,14 @@ bench-all: bench  ## + scaled-down VILA1.5-3b and LLaVA-OneVision-7B (batch 1, C
 TFH_ROOT ?= $(HOME)/.cache/hf_tokcomp-tfharness
 TFH_SCRIPT ?= ../shared/tools/build_tfharness.sh
 TFH_FILES = tests/models/qwen2_vl/test_modeling_qwen2_vl.py tests/models/qwen2_5_vl/test_modeling_qwen2_5_vl.py \
-	tests/models/llava_onevision/test_modeling_llava_onevision.py
+	tests/models/llava_onevision/test_modeling_llava_onevision.py tests/models/qwen3_vl/test_modeling_qwen3_vl.py
 
 tfharness:  ## transformers' own model tests, stock classes then ours (needs TF_GIT_DIR: a transformers clone, see shared/tools)
 	@test -n "$(TF_GIT_DIR)" || { echo "set TF_GIT_DIR to the .git of a transformers clone holding the commit build_tfharness.sh names"; exit 2; }
 	ROOT_DIR=$(TFH_ROOT) TF_GIT_DIR=$(TF_GIT_DIR) HF_TOKCOMP_DIR=$(CURDIR) bash $(TFH_SCRIPT)
 	cd $(TFH_ROOT)/tfharness && ./run_with_subclass.sh $(TFH_FILES)
-	cd $(TFH_ROOT)/tfharness && SUBCLASS_DEFAULTS=1 ./run_with_subclass.sh $(TFH_FILES)
+	cd $(TFH_ROOT)/tfharness && SUBCLASS_DEFAULTS=1 QWEN3VL_CLS=hf_tokcomp:Qwen3VLForConditionalGeneration \
+		./run_with_subclass.sh $(TFH_FILES)
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
