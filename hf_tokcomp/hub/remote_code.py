@@ -46,6 +46,7 @@ _REMOTE_MODULES = (
     "models.qwen2_vl",
     "models.qwen2_5_vl",
     "models.qwen3_vl",
+    "models.qwen3_5",
     "models.llava_onevision",
     "models.vila.config",
     "models.vila.projector",

@@ -3,6 +3,12 @@
 from .llava_onevision import LlavaOnevisionCompressionConfig, LlavaOnevisionForConditionalGeneration
 from .qwen2_5_vl import Qwen2_5_VLCompressionConfig, Qwen2_5_VLForConditionalGeneration
 from .qwen2_vl import Qwen2VLCompressionConfig, Qwen2VLForConditionalGeneration
+from .qwen3_5 import (
+    Qwen3_5CompressionConfig,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeCompressionConfig,
+    Qwen3_5MoeForConditionalGeneration,
+)
 from .qwen3_vl import (
     Qwen3VLCompressionConfig,
     Qwen3VLForConditionalGeneration,
@@ -21,6 +27,10 @@ __all__ = [
     "Qwen2VLForConditionalGeneration",
     "Qwen2_5_VLCompressionConfig",
     "Qwen2_5_VLForConditionalGeneration",
+    "Qwen3_5CompressionConfig",
+    "Qwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeCompressionConfig",
+    "Qwen3_5MoeForConditionalGeneration",
     "Qwen3VLCompressionConfig",
     "Qwen3VLForConditionalGeneration",
     "Qwen3VLMoeCompressionConfig",

@@ -24,6 +24,7 @@ from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 from transformers import Qwen3VLForConditionalGeneration as _StockQwen3VL
 from transformers import Qwen3VLMoeForConditionalGeneration as _StockQwen3VLMoe
 from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
 from ..hub.mixin import CompressorHubMixin
@@ -95,7 +96,7 @@ class Qwen3VLCompressionMixin(QwenVLCompressionMixin):
             embeds = embeds.masked_scatter(
                 mask[..., None], torch.cat(out.pooler_output).to(embeds.device, embeds.dtype)
             )
-            for level, features in enumerate(out.deepstack_features):
+            for level, features in enumerate(getattr(out, "deepstack_features", None) or []):
                 name = f"deepstack_{level}"
                 side.setdefault(name, torch.zeros_like(embeds))
                 flat = torch.cat(features).to(embeds.device, embeds.dtype)
@@ -114,10 +115,12 @@ class Qwen3VLCompressionMixin(QwenVLCompressionMixin):
             if not bool(mask.any()):
                 continue
             rows = range(mask.shape[0])
-            encoded[kind] = BaseModelOutputWithDeepstackFeatures(
-                pooler_output=[batch.inputs_embeds[b][mask[b]] for b in rows],
-                deepstack_features=[tuple(batch.side[f"deepstack_{i}"][b][mask[b]] for b in rows) for i in levels],
-            )
+            pooled = [batch.inputs_embeds[b][mask[b]] for b in rows]
+            if levels:
+                deepstack = [tuple(batch.side[f"deepstack_{i}"][b][mask[b]] for b in rows) for i in levels]
+                encoded[kind] = BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=deepstack)
+            else:  # Qwen3.5: no DeepStack
+                encoded[kind] = BaseModelOutputWithPooling(pooler_output=pooled)
         return {"input_ids": batch.input_ids, "mm_encoder_outputs": encoded}
 
 

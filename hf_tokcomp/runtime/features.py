@@ -20,8 +20,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, d); cos, sin: (B, T, d) -> (B, H, T, d)."""
-    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+    """x: (B, H, T, d); cos, sin: (B, T, r) with r <= d (partial rotary: the last d - r dims pass) -> (B, H, T, d)."""
+    rot = cos.shape[-1]
+    turned = x[..., :rot] * cos[:, None] + _rotate_half(x[..., :rot]) * sin[:, None]
+    return turned if rot == x.shape[-1] else torch.cat([turned, x[..., rot:]], dim=-1)
 
 
 def answer_mask(input_ids: torch.Tensor, labels: torch.Tensor, answer_start_ids: list[int] | None) -> torch.Tensor:
@@ -90,7 +92,8 @@ def layer0_attention_features(
     Args:
         hidden: ``(B, L, D)`` merged input embeddings (the LLM's input).
         layer: decoder layer 0; needs ``input_layernorm`` and ``self_attn`` with ``q_proj``, ``k_proj``,
-            ``head_dim``, ``scaling`` (Llama/Qwen2 style), and ``q_norm`` / ``k_norm`` where it has them (Qwen3).
+            ``head_dim``, ``scaling`` (Llama/Qwen2 style), and ``q_norm`` / ``k_norm`` where it has them (Qwen3); a
+            gated ``q_proj`` (query and gate per head, Qwen3.5) and partial rotary tables are handled.
         cos, sin: ``(B, L, head_dim)`` rotary tables at the original positions (M-RoPE already mixed in).
         attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding.
         rows: ``(B, L)`` bool, the query rows to average (see :func:`instruction_rows`).
@@ -111,13 +114,18 @@ def layer0_attention_features(
     row_valid = torch.arange(r_max, device=hidden.device)[None, :] < n_rows[:, None]
 
     h_rows = h.gather(1, order[..., None].expand(-1, -1, h.shape[-1]))
-    q = attn.q_proj(h_rows).view(batch, r_max, -1, head_dim)
+    q = attn.q_proj(h_rows)
     k = attn.k_proj(h).view(batch, length, -1, head_dim)
+    heads = getattr(getattr(attn, "config", None), "num_attention_heads", None)
+    if heads is not None and q.shape[-1] == 2 * heads * head_dim:  # Qwen3.5: q_proj also makes an output gate
+        q = q.view(batch, r_max, heads, 2 * head_dim)[..., :head_dim]
+    else:
+        q = q.view(batch, r_max, -1, head_dim)
     if getattr(attn, "q_norm", None) is not None:  # Qwen3: RMSNorm over each head's q and k before RoPE
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = q.transpose(1, 2).float(), k.transpose(1, 2).float()
-    cos_rows = cos.gather(1, order[..., None].expand(-1, -1, head_dim)).float()
-    sin_rows = sin.gather(1, order[..., None].expand(-1, -1, head_dim)).float()
+    cos_rows = cos.gather(1, order[..., None].expand(-1, -1, cos.shape[-1])).float()
+    sin_rows = sin.gather(1, order[..., None].expand(-1, -1, sin.shape[-1])).float()
     q = _apply_rope(q, cos_rows, sin_rows)
     k = _apply_rope(k, cos.float(), sin.float())
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)

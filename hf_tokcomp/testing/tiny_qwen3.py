@@ -8,7 +8,7 @@ from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
 from .tiny_qwen import VOCAB
 
-__all__ = ["tiny_qwen3_vl_config"]
+__all__ = ["tiny_qwen3_vl_config", "tiny_qwen3_5_config"]
 
 
 def tiny_qwen3_vl_config(
@@ -62,5 +62,69 @@ def tiny_qwen3_vl_config(
         vision_start_token_id=VOCAB["vision_start"],
         vision_end_token_id=VOCAB["vision_end"],
         pad_token_id=VOCAB["pad"],
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_qwen3_5_config(moe: bool = False, hidden_size: int = 64, num_layers: int = 4, vocab_size: int = 300):
+    """A small but complete Qwen3.5 (natively multimodal, hybrid): layers 0-2 linear attention (Gated DeltaNet),
+    layer 3 full attention with a gated q projection and partial rotary embedding; the tiny token ids."""
+    from transformers import Qwen3_5Config, Qwen3_5MoeConfig
+
+    head_dim = 16
+    rotary = head_dim // 4  # partial_rotary_factor 0.25, as the published models
+    half = rotary // 2
+    section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": section,
+            "mrope_interleaved": True,
+            "partial_rotary_factor": 0.25,
+        },
+        bos_token_id=VOCAB["bos"],
+        eos_token_id=VOCAB["eos"],
+        pad_token_id=VOCAB["pad"],
+        max_position_embeddings=4096,
+    )
+    if moe:
+        text.update(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=hidden_size,
+            shared_expert_intermediate_size=hidden_size,
+        )
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=2,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        in_channels=3,
+        out_hidden_size=hidden_size,
+        num_position_embeddings=64,
+    )
+    cls = Qwen3_5MoeConfig if moe else Qwen3_5Config
+    return cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=VOCAB["image"],
+        video_token_id=VOCAB["video"],
+        vision_start_token_id=VOCAB["vision_start"],
+        vision_end_token_id=VOCAB["vision_end"],
         tie_word_embeddings=False,
     )
