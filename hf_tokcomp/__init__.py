@@ -7,6 +7,8 @@ check_transformers_version()
 from .hub.config import TokCompConfig  # noqa: E402
 from .hub.loader import TokCompForImageTextToText  # noqa: E402
 from .models import (  # noqa: E402
+    InternVLCompressionConfig,
+    InternVLForConditionalGeneration,
     LlavaOnevisionCompressionConfig,
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLCompressionConfig,
@@ -43,6 +45,8 @@ def _register_auto_classes() -> None:
 _register_auto_classes()
 
 __all__ = [
+    "InternVLCompressionConfig",
+    "InternVLForConditionalGeneration",
     "LlavaOnevisionCompressionConfig",
     "LlavaOnevisionForConditionalGeneration",
     "Qwen2VLCompressionConfig",

@@ -48,6 +48,7 @@ _REMOTE_MODULES = (
     "models.qwen3_vl",
     "models.qwen3_5",
     "models.llava_onevision",
+    "models.internvl",
     "models.vila.config",
     "models.vila.projector",
     "models.vila.templates",

@@ -7,7 +7,7 @@ from typing import Any
 from transformers import AutoConfig
 
 from ..runtime.registry import FAMILIES, family_class
-from . import llava_onevision, qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl, vila  # noqa: F401 - importing a family registers it
+from . import internvl, llava_onevision, qwen2_5_vl, qwen2_vl, qwen3_5, qwen3_vl, vila  # noqa: F401 - importing a family registers it
 
 __all__ = ["MODEL_CLASSES", "load_compressed_model"]
 
