@@ -32,7 +32,7 @@ lint: $(STAMP)  ## ruff check + format check
 demo: $(STAMP)  ## the whole pipeline on the shipped organism: label, train a compressor, evaluate (~5 min)
 	$(RUN) $(BIN)/python -m hf_tokcomp.demo --out demo_out
 
-demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the baselines (~30 min: 528 evaluations at ~3.5 s)
+demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the baselines (~2.5 min)
 	$(RUN) $(BIN)/python -m hf_tokcomp.demo --quick --out demo_out
 
 organism: $(STAMP)  ## train the organism from scratch (seeded, resumable; ~1 h on 1 core) and install its weights
