@@ -12,10 +12,14 @@ __all__ = ["main"]
 def _label(args: argparse.Namespace) -> None:
     from .models import load_compressed_model
     from .processor import load_processor
+    from .training.distributed import merge_ranks, process_info
     from .training.labels import label_dataset, read_records
 
+    rank, world_size, device = process_info()  # several processes under `accelerate launch`
     records = read_records(args.data, split=args.split)
     model = load_compressed_model(args.model).eval()
+    if device is not None:
+        model.to(device)
     processor = load_processor(args.processor or args.model)
     manifest = label_dataset(
         model,
@@ -26,7 +30,17 @@ def _label(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         model_name=args.model,
         teacher=args.teacher,
+        rank=rank,
+        world_size=world_size,
+        progress=rank == 0,
     )
+    if world_size > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()  # the state process_info() built
+        if rank != 0:
+            return
+        manifest = merge_ranks(args.out, world_size)
     print(
         json.dumps({k: manifest[k] for k in ("labelled", "skipped_wrong", "skipped_no_visual", "skipped_empty_answer")})
     )

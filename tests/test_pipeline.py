@@ -308,3 +308,64 @@ def test_a_crash_while_writing_leaves_the_last_shard_and_manifest_intact(workspa
     assert whole == resumed
     for a, b in zip(whole_shards, resumed_shards, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_labelling_split_over_processes_merges_to_the_one_process_run(workspace, tmp_path, monkeypatch):
+    """Three processes (run one after the other here, one interrupted and resumed) each label their shards;
+    the merge gives byte-identical shard files and the same manifest as one process."""
+    import hf_tokcomp.training.labels as data
+    from hf_tokcomp.training.distributed import merge_ranks
+
+    model, processor = _load(workspace)
+    records = read_records(workspace / "data.jsonl")
+    label_dataset(model, processor, records, tmp_path / "one", shard_size=2, max_new_tokens=3, progress=False)
+    real, calls = data.visual_relevance, {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    for rank in range(3):
+        if rank == 1:
+            monkeypatch.setattr(data, "visual_relevance", interrupting)
+            with pytest.raises(KeyboardInterrupt):
+                label_dataset(model, processor, records, tmp_path / "many", 2, 3, progress=False, rank=1, world_size=3)
+            monkeypatch.setattr(data, "visual_relevance", real)
+        label_dataset(model, processor, records, tmp_path / "many", 2, 3, progress=False, rank=rank, world_size=3)
+    merged = merge_ranks(tmp_path / "many", 3)
+    one = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert merged == one
+    for shard in one["shards"]:
+        assert (tmp_path / "one" / shard["file"]).read_bytes() == (tmp_path / "many" / shard["file"]).read_bytes()
+
+
+def test_merge_refuses_missing_or_foreign_process_manifests(workspace, tmp_path):
+    from hf_tokcomp.training.distributed import merge_ranks
+    from hf_tokcomp.training.labels import LabelError
+
+    model, processor = _load(workspace)
+    records = read_records(workspace / "data.jsonl")
+    label_dataset(model, processor, records, tmp_path, 2, 3, progress=False, rank=0, world_size=2)
+    with pytest.raises(LabelError, match="process 1 of 2 did not finish"):
+        merge_ranks(tmp_path, 2)
+
+
+def test_torchrun_with_two_processes_writes_the_one_process_shards(workspace, tmp_path):
+    """A real two-process run (gloo on this CPU), `python -m hf_tokcomp` under torchrun."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["--model", str(workspace / "model"), "--data", str(workspace / "data.jsonl"), "--shard-size", "2"]
+    common += ["--max-new-tokens", "3"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hf_tokcomp"]
+    done = subprocess.run([*torchrun, "label", *common, "--out", str(tmp_path / "two")], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert tokcomp(["label", *common, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text()) == one
+    for shard in one["shards"]:
+        assert (tmp_path / "one" / shard["file"]).read_bytes() == (tmp_path / "two" / shard["file"]).read_bytes()

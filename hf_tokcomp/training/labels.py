@@ -39,9 +39,20 @@ __all__ = [
     "load_label_dir",
     "MANIFEST",
     "TEACHERS",
+    "COUNTERS",
+    "rank_manifest_name",
 ]
 
 MANIFEST = "manifest.json"
+#: the per-sample outcomes a manifest counts
+COUNTERS = ("labelled", "skipped_wrong", "skipped_no_visual", "skipped_empty_answer")
+
+
+def rank_manifest_name(rank: int, world_size: int) -> str:
+    """The manifest of one process of a ``world_size``-process labelling run."""
+    return f"manifest-rank{rank:03d}-of-{world_size:03d}.json"
+
+
 #: teacher signals ``label_dataset`` can store: GAE relevance (the paper's) and leave-one-out occlusion
 TEACHERS = ("gae", "occlusion")
 _FORMAT = 1
@@ -170,10 +181,6 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
-def _save_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    _write_atomic(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
-
-
 def label_dataset(
     model,
     processor,
@@ -184,8 +191,15 @@ def label_dataset(
     model_name: str | None = None,
     progress: bool = True,
     teacher: str = "gae",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Label ``records`` into ``out`` (resuming if ``out`` holds a manifest for the same model and data).
+
+    Shard ``k`` always holds samples ``[k * shard_size, (k + 1) * shard_size)``. With ``world_size`` > 1 (one call
+    per process, e.g. under ``accelerate launch``) process ``rank`` labels the shards ``k % world_size == rank``
+    and records them in its own manifest (resumed per rank); :func:`~hf_tokcomp.training.distributed.merge_ranks`
+    then writes the ``manifest.json`` a one-process run would have written.
 
     Each sample: the model answers greedily (uncompressed); with a reference ``answer`` a wrong answer is skipped
     and counted; the features are the runtime's :meth:`compressor_features`; the target is
@@ -213,10 +227,15 @@ def label_dataset(
         "teacher": teacher,
         "num_records": len(records),
     }
-    counters = ("labelled", "skipped_wrong", "skipped_no_visual", "skipped_empty_answer")
+    if not 0 <= rank < world_size:
+        raise LabelError(f"rank {rank} is not in [0, {world_size}): check the launcher's process count")
+    manifest_name = MANIFEST if world_size == 1 else rank_manifest_name(rank, world_size)
+    if world_size > 1:
+        identity = {**identity, "rank": rank, "world_size": world_size, "shard_size": shard_size}
+    counters = COUNTERS
     manifest = {**identity, "next_sample": 0, **dict.fromkeys(counters, 0), "shards": []}
-    if (out / MANIFEST).is_file():
-        saved = json.loads((out / MANIFEST).read_text())
+    if (out / manifest_name).is_file():
+        saved = json.loads((out / manifest_name).read_text())
         clash = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
         if clash:
             raise LabelError(
@@ -227,8 +246,7 @@ def label_dataset(
     pending: list[tuple[int, list[torch.Tensor], torch.Tensor, list[str]]] = []
     counts = dict.fromkeys(counters, 0)
 
-    def flush(end: int) -> None:
-        index = len(manifest["shards"])
+    def flush(index: int, first: int, end: int) -> None:
         name = f"shard-{index:05d}.safetensors"
         lengths = [f.shape[-1] for _, feats, _, _ in pending for f in feats]
         tensors = {
@@ -244,7 +262,7 @@ def label_dataset(
         manifest["shards"].append(
             {
                 "file": name,
-                "first_sample": manifest["next_sample"],
+                "first_sample": first,
                 "end_sample": end,
                 "segments": len(lengths),
                 "tokens": sum(lengths),
@@ -254,11 +272,18 @@ def label_dataset(
         for key, value in counts.items():
             manifest[key] += value
             counts[key] = 0
-        _save_manifest(out, manifest)
+        _write_atomic(out / manifest_name, lambda p: p.write_text(json.dumps(manifest, indent=2)))
         pending.clear()
 
-    start = manifest["next_sample"]
-    bar = tqdm(range(start, len(records)), initial=start, total=len(records), desc="labelling", disable=not progress)
+    done = {entry["first_sample"] // shard_size for entry in manifest["shards"]}
+    mine = [k for k in range(-(-len(records) // shard_size)) if k % world_size == rank and k not in done]
+    todo = [i for k in mine for i in range(k * shard_size, min((k + 1) * shard_size, len(records)))]
+    total = sum(
+        min((k + 1) * shard_size, len(records)) - k * shard_size
+        for k in range(-(-len(records) // shard_size))
+        if k % world_size == rank
+    )
+    bar = tqdm(todo, initial=total - len(todo), total=total, desc="labelling", disable=not progress)
     for index in bar:
         record = records[index]
         inputs = {k: v.to(model.device) for k, v in build_inputs(processor, record).items()}
@@ -287,9 +312,9 @@ def label_dataset(
                 kinds, features = zip(*segments, strict=True)
                 pending.append((index, list(features), relevance.float(), list(kinds)))
                 counts["labelled"] += 1
-        if (index + 1 - start) % shard_size == 0 or index + 1 == len(records):
-            flush(index + 1)
-            start = index + 1
+        if (index + 1) % shard_size == 0 or index + 1 == len(records):
+            shard = index // shard_size
+            flush(shard, shard * shard_size, index + 1)
         bar.set_postfix(
             labelled=manifest["labelled"] + counts["labelled"],
             wrong=manifest["skipped_wrong"] + counts["skipped_wrong"],
