@@ -82,7 +82,12 @@ def _eval(args: argparse.Namespace) -> None:
         if args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
         records = [records[i] for i in range(min(args.limit, len(records)))]
+    from .training.distributed import process_info
+
+    rank, world_size, device = process_info()  # several processes under `accelerate launch` / `torchrun`
     model = load_compressed_model(args.model).eval()
+    if device is not None:
+        model.to(device)
     processor = load_processor(args.processor or args.model)
     compressor = None
     if args.compressor is not None:
@@ -90,16 +95,25 @@ def _eval(args: argparse.Namespace) -> None:
         compressor, model.compressor = model.compressor, None
     elif "ours" in settings.methods:
         raise ValueError("--compressor is required for the `ours` method (or pass --methods without `ours`)")
-    result = evaluate(model, processor, records, compressor, settings)
-    result |= {"model": args.model, "compressor": args.compressor, "data": str(args.data)}
+    gather = None
+    if world_size > 1:
+        from accelerate.utils import gather_object as gather
+    result = evaluate(
+        model, processor, records, compressor, settings, rank == 0, rank=rank, world_size=world_size, gather=gather
+    )
+    if rank != 0:
+        return
+    samples = result.pop("samples")
+    result |= {"model": args.model, "compressor": args.compressor, "data": str(args.data), "processes": world_size}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=1))
+    (out / "samples.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in samples))
     table = eval_markdown(result)
     (out / "eval.md").write_text(table)
     eval_plot(result, out / "eval.png")
     print(table)
-    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
+    print(f"wrote {out / 'eval.json'}, {out / 'samples.jsonl'}, {out / 'eval.md'}, {out / 'eval.png'}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     records = read_records(test)
     methods = ("ours", "attention", "uniform", "random", "fastv", "teacher", "occlusion", "oracle")
     result = evaluate(model, processor, records, compressor, EvalSettings(max_new_tokens=2, methods=methods))
+    samples = result.pop("samples")
+    (out / "samples.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in samples))
     result |= {"model": "hf_tokcomp organism", "compressor": str(compressor_dir), "data": str(test)}
     (out / "eval.json").write_text(json.dumps(result, indent=1))
     table = eval_markdown(result)

@@ -19,7 +19,7 @@ Retention = accuracy / uncompressed accuracy, overall and per question type (the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -182,7 +182,10 @@ def evaluate(
     compressor: torch.nn.Module | None = None,
     settings: EvalSettings | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[list[Any]], list[Any]] | None = None,
+) -> dict[str, Any] | None:
     """Accuracy and retention of every method at every keep ratio on ``records`` (``question``, ``answer``,
     image(s); optional ``qtype``; ``evidence`` for the oracle).
 
@@ -196,7 +199,12 @@ def evaluate(
         layout, accuracy / uncompressed accuracy; None where the uncompressed accuracy is 0),
         ``visual_tokens[keep]`` (mean kept per sample),
         ``flops[method][keep]`` (:func:`prefill_flops` of the first sample; ``flops["none"]["1.0"]``: uncompressed),
-        ``counts[qtype]``, ``settings``.
+        ``counts[qtype]``, ``settings``, and ``samples``: per record (in order) whether the uncompressed model and
+        each method at each keep answered right.
+
+    With ``world_size`` > 1 (one call per process, e.g. under ``accelerate launch``) process ``rank`` evaluates
+    the batches ``i % world_size == rank``; ``gather`` (e.g. accelerate's ``gather_object``) collects every
+    process's per-sample results, and every process returns the same result, computed on all records.
     """
     settings = settings or EvalSettings()
     methods = list(settings.methods)
@@ -237,11 +245,12 @@ def evaluate(
         "occlusion": PresetScores(),
         "oracle": PresetScores(),
     }
-    batches = [_Batch(records[i : i + settings.batch_size], {}) for i in range(0, len(records), settings.batch_size)]
+    if world_size > 1 and gather is None:
+        raise ValueError("`gather` is required with world_size > 1 (e.g. accelerate.utils.gather_object)")
+    starts = list(range(0, len(records), settings.batch_size))[rank::world_size]
+    batches = [_Batch(records[i : i + settings.batch_size], {}) for i in starts]
     correct: dict[str, dict[float, list[bool]]] = {m: {} for m in methods}
     full: list[bool] = []
-    kept_tokens: dict[float, int] = dict.fromkeys(keeps, 0)
-    total_tokens = 0
     steps = len(batches) * (1 + len(methods) * len(keeps))
     bar = tqdm(total=steps, desc="evaluating", disable=not progress)
     try:
@@ -257,10 +266,6 @@ def evaluate(
                 for record, answer in zip(batch.records, answers, strict=True):
                     one = _on(model, build_batch(processor, [record]))
                     batch.occlusion.append(occlusion_relevance(model, one, answer))
-            for sizes in batch.segment_sizes:
-                total_tokens += sum(sizes)
-                for keep in keeps:
-                    kept_tokens[keep] += sum(keep_count(keep, n) for n in sizes)
             bar.update(1)
         for method in methods:
             model.compressor = modules.get(method)
@@ -277,7 +282,7 @@ def evaluate(
                         raise RuntimeError(f"{method}: {len(model.compressor.queue)} preset segment(s) were not scored")
                     bar.update(1)
         flops: dict[str, dict[str, int]] = {}
-        if settings.flops:
+        if settings.flops and rank == 0:
             first = _on(model, build_batch(processor, [records[0]]))
             model.compressor, model.config.selector = None, "auto"
             flops["none"] = {"1.0": prefill_flops(model, first, "attention", 1.0)}
@@ -291,6 +296,27 @@ def evaluate(
         bar.close()
         model.compressor, model.config.token_keep, model.config.selector = saved
 
+    mine = [start + j for start, batch in zip(starts, batches, strict=True) for j in range(len(batch.records))]
+    sizes = [sizes for batch in batches for sizes in batch.segment_sizes]
+    samples = [
+        {
+            "index": index,
+            "qtype": records[index]["qtype"],
+            "segment_tokens": sizes[i],
+            "uncompressed": full[i],
+            "methods": {m: {str(k): correct[m][k][i] for k in keeps} for m in methods},
+        }
+        for i, index in enumerate(mine)
+    ]
+    if world_size > 1:
+        samples = sorted(gather(samples), key=lambda sample: sample["index"])
+        flops = next(iter(f for f in gather([flops]) if f), {})
+    if [sample["index"] for sample in samples] != list(range(len(records))):
+        raise RuntimeError("evaluation: the processes' results do not cover every record exactly once")
+    full = [sample["uncompressed"] for sample in samples]
+    correct = {m: {k: [sample["methods"][m][str(k)] for sample in samples] for k in keeps} for m in methods}
+    total_tokens = sum(sum(sample["segment_tokens"]) for sample in samples)
+    kept_tokens = {k: sum(keep_count(k, n) for sample in samples for n in sample["segment_tokens"]) for k in keeps}
     qtypes = sorted({r["qtype"] for r in records} - {"all"})
 
     def by_type(hits: list[bool]) -> dict[str, float]:
@@ -326,4 +352,5 @@ def evaluate(
         "visual_tokens": {"1.0": total_tokens / len(records)} | {str(k): kept_tokens[k] / len(records) for k in keeps},
         "flops": flops,
         "settings": asdict(settings),
+        "samples": samples,
     }
