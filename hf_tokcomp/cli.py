@@ -11,7 +11,6 @@ __all__ = ["main"]
 
 def _label(args: argparse.Namespace) -> None:
     from .models import load_compressed_model
-    from .processor import load_processor
     from .training.distributed import merge_ranks, process_info
     from .training.labels import label_dataset, read_records
 
@@ -20,7 +19,7 @@ def _label(args: argparse.Namespace) -> None:
     model = load_compressed_model(args.model).eval()
     if device is not None:
         model.to(device)
-    processor = load_processor(args.processor or args.model)
+    processor = _load_processor(args)
     manifest = label_dataset(
         model,
         processor,
@@ -41,9 +40,47 @@ def _label(args: argparse.Namespace) -> None:
         if rank != 0:
             return
         manifest = merge_ranks(args.out, world_size)
+    _check_labelled(manifest, args)
     print(
         json.dumps({k: manifest[k] for k in ("labelled", "skipped_wrong", "skipped_no_visual", "skipped_empty_answer")})
     )
+
+
+def _check_labelled(manifest: dict, args: argparse.Namespace) -> None:
+    """Fail when nothing was labelled; warn, with the numbers and the usual causes, when most answers were wrong."""
+    counts = {k: manifest[k] for k in ("labelled", "skipped_wrong", "skipped_no_visual", "skipped_empty_answer")}
+    causes = (
+        f"answers longer than --max-new-tokens={args.max_new_tokens} are cut and judged wrong; a model that never "
+        "emits its end token runs to the limit; check the `answer` field against the model's own answers"
+    )
+    if counts["labelled"] == 0:
+        raise ValueError(f"nothing was labelled ({json.dumps(counts)}): {causes}")
+    if counts["skipped_wrong"] > counts["labelled"]:
+        print(
+            f"tokcomp label: warning: {counts['skipped_wrong']} of {counts['labelled'] + counts['skipped_wrong']} "
+            f"answers were judged wrong and skipped: {causes}",
+            file=sys.stderr,
+        )
+
+
+def _load_processor(args: argparse.Namespace):
+    """The processor of ``--processor`` (default ``--model``), or an error naming the option and what is missing."""
+    from pathlib import Path
+
+    from .processor import load_processor
+
+    path = args.processor or args.model
+    try:
+        return load_processor(path)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        folder = Path(path)
+        wanted = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json")
+        missing = [name for name in wanted if folder.is_dir() and not (folder / name).exists()]
+        lacking = f" ({path!r} has no {', '.join(missing)})" if missing else ""
+        raise ValueError(
+            f"could not load a processor from {path!r}{lacking}: {err}. Pass --processor with the folder or Hub id "
+            "that holds the model's processor (tokenizer, image processor, chat template)."
+        ) from err
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -55,9 +92,16 @@ def _train(args: argparse.Namespace) -> None:
         learning_rate=args.lr,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        patience=args.patience,
     )
     result = train_compressor(args.labels, args.out, settings)
     print(json.dumps(result["history"][-1]))
+    if result["stopped_early"]:
+        print(
+            f"stopped after {result['epochs_run']} of {args.epochs} epochs: no better validation KL for "
+            f"{args.patience} epochs; kept the weights of epoch {result['best_epoch']}",
+            file=sys.stderr,
+        )
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -66,7 +110,6 @@ def _eval(args: argparse.Namespace) -> None:
     from .evaluation.harness import EvalSettings, evaluate
     from .evaluation.report import eval_markdown, eval_plot
     from .models import load_compressed_model
-    from .processor import load_processor
     from .training.labels import read_records
 
     settings = EvalSettings(
@@ -88,7 +131,7 @@ def _eval(args: argparse.Namespace) -> None:
     model = load_compressed_model(args.model).eval()
     if device is not None:
         model.to(device)
-    processor = load_processor(args.processor or args.model)
+    processor = _load_processor(args)
     compressor = None
     if args.compressor is not None:
         model.set_compressor(args.compressor)  # checks the compressor against this base model
@@ -114,6 +157,11 @@ def _eval(args: argparse.Namespace) -> None:
     eval_plot(result, out / "eval.png")
     print(table)
     print(f"wrote {out / 'eval.json'}, {out / 'samples.jsonl'}, {out / 'eval.md'}, {out / 'eval.png'}")
+    if result["accuracy"][settings.methods[0]]["1.0"]["all"] == 0:
+        raise ValueError(
+            "the uncompressed model answered none of the records right, so retention is undefined: check the "
+            "`answer` field against the model's own answers and --max-new-tokens"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     train.add_argument("--val-fraction", type=float, default=0.1, help="samples held out (default: 0.1)")
     train.add_argument("--seed", type=int, default=0, help="default: 0")
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many epochs without a better validation KL, "
+        "keeping the best weights (default: run every epoch)",
+    )
     train.set_defaults(run=_train)
 
     from .evaluation.harness import METHODS

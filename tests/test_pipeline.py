@@ -369,3 +369,52 @@ def test_torchrun_with_two_processes_writes_the_one_process_shards(workspace, tm
     assert json.loads((tmp_path / "two" / "manifest.json").read_text()) == one
     for shard in one["shards"]:
         assert (tmp_path / "one" / shard["file"]).read_bytes() == (tmp_path / "two" / shard["file"]).read_bytes()
+
+
+# ---- the pipeline never fails quietly ---------------------------------------------------------------------------
+def test_label_warns_when_most_answers_are_wrong(workspace, tmp_path, capsys):
+    from hf_tokcomp.teachers.gae import greedy_answers
+
+    model, processor = _load(workspace)
+    records = read_records(workspace / "data.jsonl")
+    lines = []
+    for i, record in enumerate(records):  # the model's own answer for two records, a wrong one for five
+        inputs = build_inputs(processor, record)
+        own = processor.tokenizer.decode(greedy_answers(model, inputs, 3)[0], skip_special_tokens=True)
+        row = {"image": str(workspace / f"img{i}.png"), "question": record["question"]}
+        lines.append(json.dumps(row | {"answer": own if i < 2 else "nothing like it"}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    argv = ["label", "--model", str(workspace / "model"), "--data", str(tmp_path / "data.jsonl")]
+    assert tokcomp([*argv, "--out", str(tmp_path / "labels"), "--max-new-tokens", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 5 of 7 answers were judged wrong" in err and "--max-new-tokens=3" in err
+
+
+def test_a_missing_processor_names_the_option(workspace, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(workspace / "model" / name, bare / name)
+    argv = ["label", "--model", str(bare), "--data", str(workspace / "data.jsonl"), "--out", str(tmp_path / "o")]
+    assert tokcomp(argv) == 2
+    err = capsys.readouterr().err
+    assert "--processor" in err and "tokenizer_config.json" in err
+
+
+def test_train_stops_early_and_keeps_the_best_weights(workspace, tmp_path, capsys):
+    model, processor = _load(workspace)
+    records = read_records(workspace / "data.jsonl")
+    label_dataset(model, processor, records, tmp_path / "labels", shard_size=4, max_new_tokens=3, progress=False)
+    argv = ["train", "--labels", str(tmp_path / "labels"), "--out", str(tmp_path / "comp"), "--epochs", "60"]
+    assert tokcomp([*argv, "--patience", "2", "--lr", "0.05"]) == 0
+    log = json.loads((tmp_path / "comp" / "train_log.json").read_text())
+    kls = [m["kl"] for m in log["history"]]
+    best = min(range(len(kls)), key=lambda i: kls[i])
+    assert log["stopped_early"] and log["epochs_run"] == len(kls) < 60 and log["best_epoch"] == best + 1
+    assert len(kls) - 1 - best == 2  # stopped two epochs after the best
+    final = load_file(str(tmp_path / "comp" / "model.safetensors"))
+    kept = load_file(str(tmp_path / "comp" / "best" / "model.safetensors"))
+    assert all(torch.equal(final[k], kept[k]) for k in kept)
+    assert "stopped after" in capsys.readouterr().err

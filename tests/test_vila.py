@@ -400,7 +400,7 @@ def test_prefill_flops_split_finds_the_vila_tower_on_every_path(processor, ours)
     assert full["total"] == full["vision"] + full["llm"] and half["total"] == half["vision"] + half["llm"]
 
 
-def test_label_and_eval_commands_drive_vila(checkpoint, processor, tmp_path):
+def test_label_and_eval_commands_drive_vila(checkpoint, processor, tmp_path, capsys):
     """VilaProcessor speaks the message format, so `tokcomp label` and `tokcomp eval` work on VILA too."""
     import shutil
 
@@ -414,7 +414,8 @@ def test_label_and_eval_commands_drive_vila(checkpoint, processor, tmp_path):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
     assert processor.apply_chat_template(messages) == processor.apply_template(SAMPLES["image"][0])
     common = ["--model", str(named), "--data", str(tmp_path / "data.jsonl"), "--max-new-tokens", "2"]
-    assert tokcomp(["label", *common, "--out", str(tmp_path / "labels")]) == 0
+    assert tokcomp(["label", *common, "--out", str(tmp_path / "labels")]) == 2  # every answer wrong: not quiet
+    assert "nothing was labelled" in capsys.readouterr().err
     assert json.loads((tmp_path / "labels" / "manifest.json").read_text())["num_records"] == 3
     from hf_tokcomp.training.labels import load_label_dir
 
@@ -428,10 +429,11 @@ def test_label_and_eval_commands_drive_vila(checkpoint, processor, tmp_path):
         _, segments = load_label_dir(out)
         assert len(segments) == 3 and all(float(s.target.abs().sum()) > 0 for s in segments), teacher
     argv = ["eval", *common, "--out", str(tmp_path / "eval"), "--keeps", "1", "0.5"]
-    assert tokcomp([*argv, "--methods", "attention", "uniform", "teacher", "occlusion"]) == 0
+    assert tokcomp([*argv, "--methods", "attention", "uniform", "teacher", "occlusion"]) == 2  # accuracy 0: refused
+    assert "retention is undefined" in capsys.readouterr().err
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert result["visual_tokens"] == {"1.0": 16.0, "0.5": 8.0}
-    assert tokcomp([*argv, "--methods", "fastv"]) == 0
+    assert tokcomp([*argv, "--methods", "fastv"]) == 2
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert set(result["accuracy"]["fastv"]) == {"1.0", "0.5"}  # FastV itself is checked in test_fastv_keeping_...
 

@@ -39,10 +39,12 @@ class TrainArguments:
     val_fraction: float = 0.1
     seed: int = 0
     compressor: dict[str, Any] = field(default_factory=dict)  # TokenCompressorConfig overrides
+    #: stop when the validation KL has not improved for this many epochs, keeping the best weights (None: never)
+    patience: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"`val_fraction` must be in (0, 1), got {self.val_fraction}")
@@ -189,7 +191,7 @@ def train_compressor(
         os.replace(out / f"{_CHECKPOINT}.old", checkpoint)  # interrupted between the two renames below
     settings = {
         "labels": [str(Path(p).resolve()) for p in ([labels] if isinstance(labels, (str, os.PathLike)) else labels)],
-        **{k: v for k, v in asdict(args).items() if k != "epochs"},
+        **{k: v for k, v in asdict(args).items() if k not in ("epochs", "patience")},
     }
     state["settings"] = settings
     if (checkpoint / "state.json").is_file():
@@ -212,7 +214,10 @@ def train_compressor(
         desc="training",
         disable=not progress,
     )
+    best = min(state["history"], key=lambda m: m["kl"], default=None)
     for epoch in bar:
+        if args.patience is not None and best is not None and epoch - best["epoch"] >= args.patience:
+            break  # no improvement for `patience` epochs
         model.train()
         rng = random.Random(args.seed * 1_000_003 + epoch)
         total, batches = 0.0, 0
@@ -224,12 +229,20 @@ def train_compressor(
             total, batches = total + loss.item(), batches + 1
         metrics = {"epoch": epoch + 1, "train_kl": total / batches, **evaluate_segments(model, val_items)}
         state = {"epoch": epoch + 1, "history": [*state["history"], metrics], "settings": settings}
+        if best is None or metrics["kl"] < best["kl"]:
+            best = metrics
+            model.save_pretrained(out / "best")  # before the checkpoint, so a resumed run always has it
         _save_checkpoint(checkpoint, model, optimizer, state)
         bar.set_postfix(val_kl=f"{metrics['kl']:.4f}", recall50=f"{metrics['recall@50%']:.3f}")
 
+    if args.patience is not None and best is not None and (out / "best").is_dir():
+        model = TokenCompressor.from_pretrained(out / "best")  # the best validation KL, not the last epoch
     model.save_pretrained(out)
     result = {
         "history": state["history"],
+        "epochs_run": state["epoch"],
+        "best_epoch": None if best is None else best["epoch"],
+        "stopped_early": args.patience is not None and state["epoch"] < args.epochs,
         "skipped_segments": skipped_train + skipped_val,
         "train_segments": len(train_items),
         "val_segments": len(val_items),
