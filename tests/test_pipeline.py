@@ -418,3 +418,53 @@ def test_train_stops_early_and_keeps_the_best_weights(workspace, tmp_path, capsy
     kept = load_file(str(tmp_path / "comp" / "best" / "model.safetensors"))
     assert all(torch.equal(final[k], kept[k]) for k in kept)
     assert "stopped after" in capsys.readouterr().err
+
+
+def test_messages_and_llava_datasets_read_as_the_equivalent_jsonl(workspace, tmp_path):
+    """A `messages`-format (TRL / chat template) and a LLaVA `conversations` dataset saved with `datasets` give
+    the same records - question, answer, image pixels - as the plain JSONL."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from hf_tokcomp.training.formats import open_image
+
+    plain = read_records(workspace / "data.jsonl")
+    answers = [f"answer {i}" for i in range(len(plain))]
+    images = [Image.open(r["image"]).convert("RGB") for r in plain]
+    messages = datasets.Dataset.from_dict(
+        {
+            "messages": [
+                [
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r["question"]}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": a}]},
+                ]
+                for r, a in zip(plain, answers, strict=True)
+            ],
+            "images": [[image] for image in images],
+        }
+    )
+    llava = datasets.Dataset.from_dict(
+        {
+            "conversations": [
+                [{"from": "human", "value": "<image>\n" + r["question"]}, {"from": "gpt", "value": a}]
+                for r, a in zip(plain, answers, strict=True)
+            ],
+            "image": images,
+        }
+    )
+    messages.save_to_disk(str(tmp_path / "messages"))
+    llava.save_to_disk(str(tmp_path / "llava"))
+    for name in ("messages", "llava"):
+        got = read_records(tmp_path / name)
+        assert len(got) == len(plain)
+        for record, reference, answer in zip(got, plain, answers, strict=True):
+            assert record["question"] == reference["question"] and record["answer"] == answer
+            pixels = open_image(record["image"]).tobytes()
+            assert pixels == Image.open(reference["image"]).convert("RGB").tobytes()
+
+
+def test_image_urls_without_a_network_fail_clearly():
+    from hf_tokcomp.training.formats import open_image
+
+    with pytest.raises(ValueError, match="could not be fetched"):
+        open_image("http://127.0.0.1:9/none.png")

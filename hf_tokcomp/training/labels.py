@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ..teachers.gae import greedy_answers, visual_relevance
 from ..teachers.occlusion import occlusion_relevance
+from .formats import normalise_record, open_image
 
 __all__ = [
     "LabelSegment",
@@ -73,10 +74,15 @@ class LabelSegment:
     kind: str
 
 
+def _beside(data_file: Path, value: str) -> str:
+    return value if value.startswith(("http://", "https://")) else str(data_file.parent / value)
+
+
 def read_records(data: str | os.PathLike, split: str = "train") -> Sequence[dict[str, Any]]:
     """Samples from a JSONL file (one object per line: ``image`` path(s) relative to the file, ``question``,
     optional ``answer``) or a Hugging Face ``datasets`` dataset (a ``save_to_disk`` folder, or a Hub name with
-    ``split``) with the same columns (``image`` may hold PIL images)."""
+    ``split``) with the same columns, or in the ``messages`` / LLaVA ``conversations`` formats
+    (:mod:`hf_tokcomp.training.formats`)."""
     path = Path(data)
     if path.suffix == ".jsonl":
         if not path.is_file():
@@ -89,11 +95,11 @@ def read_records(data: str | os.PathLike, split: str = "train") -> Sequence[dict
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise LabelError(f"--data {str(data)!r} line {number}: not JSON ({err.msg})") from err
-            for key in ("image", "video"):
+            for key in ("image", "video", "images"):  # paths relative to the file; URLs as they are
                 if isinstance(record.get(key), str):
-                    record[key] = str(path.parent / record[key])
+                    record[key] = _beside(path, record[key])
                 elif isinstance(record.get(key), list):
-                    record[key] = [str(path.parent / p) for p in record[key]]
+                    record[key] = [_beside(path, p) for p in record[key]]
             records.append(record)
     else:
         try:
@@ -110,6 +116,10 @@ def read_records(data: str | os.PathLike, split: str = "train") -> Sequence[dict
             raise LabelError(f"--data {str(data)!r} could not be read as a dataset: {err}") from err
         if isinstance(records, datasets.DatasetDict):
             records = records[split]
+    try:
+        records = [normalise_record(r) for r in records]
+    except ValueError as err:
+        raise LabelError(f"--data {str(data)!r}: {err}") from err
     if len(records) == 0:
         raise LabelError(f"--data {str(data)!r} holds no samples")
     missing = [k for k in ("question",) if k not in records[0]] + (
@@ -120,10 +130,7 @@ def read_records(data: str | os.PathLike, split: str = "train") -> Sequence[dict
     return records
 
 
-def _open_image(value: Any):
-    from PIL import Image
-
-    return Image.open(value).convert("RGB") if isinstance(value, (str, os.PathLike)) else value.convert("RGB")
+_open_image = open_image
 
 
 def build_inputs(processor, record: dict[str, Any]) -> dict[str, torch.Tensor]:
