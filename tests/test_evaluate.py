@@ -235,7 +235,7 @@ def test_eval_over_two_processes_equals_one_process(tmp_path):
 
     data = write_split("test", 24, tmp_path / "data")
     common = ["--model", str(ORGANISM_DIR), "--compressor", str(ORGANISM_COMPRESSOR_DIR), "--data", str(data)]
-    common += ["--methods", "ours", "attention", "fastv", "--keeps", "1", "0.25", "--batch-size", "4"]
+    common += ["--methods", "ours", "attention", "random", "fastv", "--keeps", "1", "0.25", "--batch-size", "4"]
     common += ["--max-new-tokens", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hf_tokcomp"]

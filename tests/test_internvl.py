@@ -131,3 +131,12 @@ def test_feature_path_equals_stock_eager_attention(stock, ours):
         hand_features(attn, visual, inputs["attention_mask"]),
         visual_runs(ids, sizes(inputs, stock.config)),
     )
+
+
+def test_features_and_placeholders_must_agree(ours, stock):
+    inputs = make_internvl_inputs([ONE], stock.config)
+    inputs["input_ids"] = inputs["input_ids"][:, 4:]  # a truncated prompt loses placeholders
+    inputs["attention_mask"] = inputs["attention_mask"][:, 4:]
+    ours.config.token_keep = 0.5
+    with pytest.raises(ValueError, match="Image features and image tokens do not match"):
+        ours(**inputs)

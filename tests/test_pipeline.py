@@ -468,3 +468,33 @@ def test_image_urls_without_a_network_fail_clearly():
 
     with pytest.raises(ValueError, match="could not be fetched"):
         open_image("http://127.0.0.1:9/none.png")
+
+
+def test_review_fixes_for_labelling(workspace, tmp_path):
+    """Found by review: a dataset's fingerprint is stable across reads; processes without shards still report;
+    a resume with another --shard-size is refused; an `images` column with a plain `question` keeps its image."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from hf_tokcomp.training.distributed import merge_ranks
+    from hf_tokcomp.training.formats import normalise_record
+    from hf_tokcomp.training.labels import LabelError, _fingerprint
+
+    plain = read_records(workspace / "data.jsonl")
+    images = [Image.open(r["image"]).convert("RGB") for r in plain]
+    datasets.Dataset.from_dict({"question": [r["question"] for r in plain], "image": images}).save_to_disk(
+        str(tmp_path / "ds")
+    )
+    assert _fingerprint(read_records(tmp_path / "ds")) == _fingerprint(read_records(tmp_path / "ds"))
+
+    model, processor = _load(workspace)
+    for rank in range(4):  # 7 records in 2 shards of 4: processes 2 and 3 have none
+        label_dataset(model, processor, plain, tmp_path / "four", 4, 3, progress=False, rank=rank, world_size=4)
+    assert merge_ranks(tmp_path / "four", 4)["labelled"] == 7
+
+    label_dataset(model, processor, plain[:5], tmp_path / "sizes", 2, 3, progress=False)
+    with pytest.raises(LabelError, match="shard_size"):
+        label_dataset(model, processor, plain[:5], tmp_path / "sizes", 4, 3, progress=False)
+
+    record = normalise_record({"question": "what ?", "images": ["a.png"]})
+    assert record["image"] == "a.png" and "images" not in record

@@ -272,8 +272,10 @@ def evaluate(
             model.config.selector = method if method in SELECTOR_METHODS else "auto"
             for keep in keeps:
                 hits = correct[method].setdefault(keep, [])
-                for batch in batches:
+                for start, batch in zip(starts, batches, strict=True):
                     model.config.token_keep = 1.0 if method == "fastv" else keep
+                    if isinstance(model.compressor, RandomScores):  # the same draws whatever the process count
+                        model.compressor.generator.manual_seed(settings.seed * 1_000_003 + start)
                     if isinstance(model.compressor, PresetScores):
                         model.compressor.load(_preset(method, batch))
                     fastv = (keep, settings.fastv_k) if method == "fastv" else None

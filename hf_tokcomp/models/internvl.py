@@ -71,6 +71,12 @@ class InternVLForConditionalGeneration(CompressorHubMixin, TokenCompressionMixin
         tiles = inner.get_image_features(visual["pixel_values"], return_dict=True, **options).pooler_output
         per_tile = tiles.shape[1]  # (tiles, tokens per tile, D)
         mask = input_ids == self.config.image_token_id
+        placeholders, features = int(mask.sum()), tiles.shape[0] * per_tile
+        if placeholders != features:
+            raise ValueError(
+                f"Image features and image tokens do not match: {placeholders} image placeholder tokens in "
+                f"`input_ids`, {features} features from `pixel_values`. Build the inputs with the model's processor."
+            )
         runs = placeholder_runs(mask)
         sizes = [n for sample in runs for n in sample]
         found = split_segments(mask, sizes, "image")

@@ -5,7 +5,9 @@ layers, which have no softmax attention map. The features use the FIRST FULL-ATT
 q / k projections (its gated q projection's query half, its q / k norms, its partial rotary embedding at the
 original M-RoPE positions) applied to the LLM INPUT embeddings - the same cost as for the other families, and
 still no decoder layer run in full. Segments, positions and decoding are Qwen3-VL's (frames separated by
-timestamps are segments of their own); Qwen3.5 has no DeepStack features. The linear layers' recurrent state is
+timestamps are segments of their own); Qwen3.5 has no DeepStack features. Its vocabulary is new, so
+``answer_start_ids`` has no default: set it to the tokenizer's ids of ``<|im_start|>assistant\n`` to train with
+collators that label the whole conversation. The linear layers' recurrent state is
 built by the stock forward on the compressed sequence it runs, so it only ever sees the kept tokens.
 """
 
@@ -19,7 +21,7 @@ from transformers import Qwen3_5MoeForConditionalGeneration as _StockQwen3_5Moe
 from transformers.generation import GenerationMixin
 
 from ..hub.mixin import CompressorHubMixin
-from ..runtime.config import QWEN_ANSWER_START, answer_start_field, selector_field, token_keep_field
+from ..runtime.config import answer_start_field, selector_field, token_keep_field
 from ..runtime.mixin import compressed_forward
 from ..runtime.registry import register_family
 from .qwen3_vl import Qwen3VLCompressionMixin
@@ -37,7 +39,7 @@ class Qwen3_5CompressionConfig(Qwen3_5Config):
     """The stock Qwen3.5 config plus the compression fields (``token_keep``, ``answer_start_ids``, ``selector``)."""
 
     token_keep: float | int = token_keep_field()
-    answer_start_ids: list[int] | None = answer_start_field(QWEN_ANSWER_START)
+    answer_start_ids: list[int] | None = answer_start_field()  # a new vocabulary: set from its tokenizer
     selector: str = selector_field()
 
 
@@ -46,7 +48,7 @@ class Qwen3_5MoeCompressionConfig(Qwen3_5MoeConfig):
     """The stock Qwen3.5-MoE config plus the compression fields."""
 
     token_keep: float | int = token_keep_field()
-    answer_start_ids: list[int] | None = answer_start_field(QWEN_ANSWER_START)
+    answer_start_ids: list[int] | None = answer_start_field()  # a new vocabulary: set from its tokenizer
     selector: str = selector_field()
 
 

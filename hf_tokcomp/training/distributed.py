@@ -57,7 +57,7 @@ def merge_ranks(out: str | os.PathLike, world_size: int) -> dict[str, Any]:
             raise LabelError(f"{path} is missing: process {rank} of {world_size} did not finish; rerun to resume it")
         parts.append(json.loads(path.read_text()))
     keys = ("format", "model_type", "model_name_or_path", "hidden_size", "feature_channels", "data_fingerprint")
-    keys += ("teacher", "num_records", "shard_size")
+    keys += ("teacher", "num_records", "shard_size")  # the order of a one-process manifest
     first = parts[0]
     for rank, part in enumerate(parts):
         clash = {k: (first.get(k), part.get(k)) for k in keys if part.get(k) != first.get(k)}
@@ -67,7 +67,7 @@ def merge_ranks(out: str | os.PathLike, world_size: int) -> dict[str, Any]:
     expected = -(-first["num_records"] // first["shard_size"])
     if [s["first_sample"] // first["shard_size"] for s in shards] != list(range(expected)):
         raise LabelError(f"the processes' shards do not cover the {first['num_records']} records; rerun to resume")
-    manifest = {k: first[k] for k in keys if k != "shard_size"}
+    manifest = {k: first[k] for k in keys}
     manifest |= {"next_sample": first["num_records"]}
     manifest |= {k: sum(part[k] for part in parts) for k in COUNTERS}
     manifest["shards"] = shards

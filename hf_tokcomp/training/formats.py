@@ -35,6 +35,9 @@ def normalise_record(record: dict[str, Any]) -> dict[str, Any]:
         ValueError: a conversation without a user turn.
     """
     record = dict(record)
+    if "images" in record and "image" not in record:  # the chat-template column name, whatever the format
+        images = record.pop("images")
+        record["image"] = images if not isinstance(images, list) or len(images) != 1 else images[0]
     if "question" in record:
         return record
     if record.get("messages"):
@@ -46,9 +49,6 @@ def normalise_record(record: dict[str, Any]) -> dict[str, Any]:
         reply = next((t for t in turns[user + 1 :] if t.get("role") == "assistant"), None)
         if reply is not None:
             record["answer"] = _text(reply["content"])
-        images = record.pop("images", None)
-        if images is not None and "image" not in record:
-            record["image"] = images if len(images) != 1 else images[0]
         return record
     if record.get("conversations"):
         turns = record.pop("conversations")

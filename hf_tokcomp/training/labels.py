@@ -176,8 +176,17 @@ def _fingerprint(records: Sequence[dict[str, Any]]) -> str:
     digest = hashlib.sha256(str(len(records)).encode())
     for record in records:
         fields = [record.get(k) for k in ("image", "video", "question", "answer")]
-        digest.update(json.dumps(fields, default=str).encode())
+        digest.update(json.dumps(fields, default=_content).encode())
     return digest.hexdigest()[:16]
+
+
+def _content(value: Any) -> str:
+    """A stable text for a non-JSON value: an image's pixels (never its repr, which holds a memory address)."""
+    if hasattr(value, "tobytes"):
+        return hashlib.sha256(value.tobytes()).hexdigest()
+    if isinstance(value, (bytes, bytearray)):
+        return hashlib.sha256(value).hexdigest()
+    return str(value)
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -233,16 +242,20 @@ def label_dataset(
         "data_fingerprint": _fingerprint(records),
         "teacher": teacher,
         "num_records": len(records),
+        "shard_size": shard_size,
     }
     if not 0 <= rank < world_size:
         raise LabelError(f"rank {rank} is not in [0, {world_size}): check the launcher's process count")
     manifest_name = MANIFEST if world_size == 1 else rank_manifest_name(rank, world_size)
     if world_size > 1:
-        identity = {**identity, "rank": rank, "world_size": world_size, "shard_size": shard_size}
+        identity = {**identity, "rank": rank, "world_size": world_size}
     counters = COUNTERS
     manifest = {**identity, "next_sample": 0, **dict.fromkeys(counters, 0), "shards": []}
     if (out / manifest_name).is_file():
         saved = json.loads((out / manifest_name).read_text())
+        if "shard_size" not in saved:  # written before shard_size was recorded: read it off the shards
+            sizes = {s["end_sample"] - s["first_sample"] for s in saved["shards"] if s["end_sample"] < len(records)}
+            saved["shard_size"] = sizes.pop() if len(sizes) == 1 else (shard_size if not sizes else None)
         clash = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
         if clash:
             raise LabelError(
@@ -282,6 +295,8 @@ def label_dataset(
         _write_atomic(out / manifest_name, lambda p: p.write_text(json.dumps(manifest, indent=2)))
         pending.clear()
 
+    if not (out / manifest_name).is_file():  # a process with no shards still reports that it finished
+        _write_atomic(out / manifest_name, lambda p: p.write_text(json.dumps(manifest, indent=2)))
     done = {entry["first_sample"] // shard_size for entry in manifest["shards"]}
     mine = [k for k in range(-(-len(records) // shard_size)) if k % world_size == rank and k not in done]
     todo = [i for k in mine for i in range(k * shard_size, min((k + 1) * shard_size, len(records)))]

@@ -237,6 +237,8 @@ def train_compressor(
 
     if args.patience is not None and best is not None and (out / "best").is_dir():
         model = TokenCompressor.from_pretrained(out / "best")  # the best validation KL, not the last epoch
+    elif args.patience is not None and best is not None:  # a checkpoint from before best/ was kept
+        best = state["history"][-1]
     model.save_pretrained(out)
     result = {
         "history": state["history"],
