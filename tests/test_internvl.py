@@ -113,6 +113,7 @@ def test_generate_equals_the_naive_loop_and_is_batch_invariant(stock, ours):
         for b in range(2):
             torch.testing.assert_close(out.logits[step][b], expected[b][-1], rtol=1e-5, atol=1e-5)
     assert tokens[1] == alone[0, -3:].tolist()
+    assert out.past_key_values.get_seq_length() == max(len(k) for k in kept) + 3 - 1  # only the compressed prompt
 
 
 def test_feature_path_equals_stock_eager_attention(stock, ours):

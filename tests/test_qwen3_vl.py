@@ -171,6 +171,7 @@ def test_generate_equals_the_naive_loop_and_is_batch_invariant(stock, ours):
             expected = reference.logits(b, kept[b], tokens[:step])[-1]
             torch.testing.assert_close(out.logits[step][b], expected, rtol=1e-5, atol=1e-5)
     assert out.sequences[1, -4:].tolist() == alone[0, -4:].tolist()
+    assert out.past_key_values.get_seq_length() == max(len(k) for k in kept) + 4 - 1  # only the compressed prompt
 
 
 def test_feature_path_equals_stock_eager_attention_with_qk_norms(stock, ours):
