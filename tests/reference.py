@@ -22,12 +22,14 @@ def stock_merged_embeddings(stock, inputs: dict) -> torch.Tensor:
 
 def stock_positions(stock, inputs: dict) -> torch.Tensor:
     """``(3, B, L)`` M-RoPE ids from the stock ``get_rope_index``."""
+    extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
     positions, _ = stock.model.get_rope_index(
         inputs["input_ids"],
         mm_token_type_ids=inputs["mm_token_type_ids"],
         image_grid_thw=inputs.get("image_grid_thw"),
         video_grid_thw=inputs.get("video_grid_thw"),
         attention_mask=inputs["attention_mask"],
+        **extra,
     )
     return positions
 

@@ -145,3 +145,22 @@ def test_generate_without_attention_mask_infers_the_padding_like_stock(stock, ou
     with torch.no_grad():
         without = ours.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert [without[b, prompt_len:].tolist() for b in range(2)] == [naive.greedy(b, [], 4)[0] for b in range(2)]
+
+
+def test_qwen2_5_video_with_seconds_per_grid_equals_stock_on_the_shortened_sequence(stock, ours, family):
+    """Qwen2.5-VL's temporal M-RoPE depends on ``second_per_grid_ts``: a video sampled at 2 s per temporal patch
+    gets other positions than the default, and the compressed model must use the same."""
+    if family != "qwen2_5_vl":
+        pytest.skip("second_per_grid_ts is a Qwen2.5-VL input")
+    video = [("text", [5, 6]), ("video", (4, 4, 6)), ("text", [17, 18, 19])]
+    inputs = make_qwen_inputs([video, [("text", [5]), ("image", (4, 6)), ("text", [7, 8])]], stock.config)
+    inputs["second_per_grid_ts"] = torch.tensor([2.0])
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.5
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.5)
+    with torch.no_grad():
+        got = ours(**inputs).logits
+        expected = stock_logits_on_shortened(stock, inputs, kept)
+        default = stock_logits_on_shortened(stock, {k: v for k, v in inputs.items() if k != "second_per_grid_ts"}, kept)
+    assert not torch.allclose(expected[0], default[0], atol=1e-4)  # the seconds matter on this input
+    for b, ref in enumerate(expected):
+        torch.testing.assert_close(got[b, -ref.shape[0] :], ref, rtol=1e-5, atol=1e-5)
