@@ -141,3 +141,14 @@ def test_features_and_placeholders_must_agree(ours, stock):
     ours.config.token_keep = 0.5
     with pytest.raises(ValueError, match="Image features and image tokens do not match"):
         ours(**inputs)
+
+
+def test_without_an_attention_mask_the_gapped_positions_are_not_packed_sequences(stock, ours):
+    inputs = make_internvl_inputs([TWO], stock.config)
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.25
+    kept = naive_kept_positions(inputs, sizes(inputs, stock.config), fixed_scores, 0.25)
+    reference = shortened_logits(stock, inputs, kept)[0]
+    del inputs["attention_mask"]
+    with torch.no_grad():
+        got = ours(**inputs, use_cache=False).logits
+    torch.testing.assert_close(got[0], reference, rtol=1e-5, atol=1e-5)

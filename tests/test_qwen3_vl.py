@@ -226,3 +226,16 @@ def test_qwen3_5_features_from_the_first_full_layer(stock, ours):
             expected[b] = torch.stack(probs).mean(dim=(0, 1))
     runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
     check_feature_path(ours, inputs, expected, runs)
+
+
+def test_without_an_attention_mask_the_gapped_positions_are_not_packed_sequences(stock, ours):
+    """One unpadded sample, no mask, no cache: the kept tokens' gapped positions must not be read as packed
+    sequences (the contiguous text row of the 4-row ids prevents it)."""
+    inputs = make_qwen_inputs([B], stock.config, video_frames=True)
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.25
+    kept = naive_kept_positions(inputs, frame_sizes(inputs, stock.config), fixed_scores, 0.25)
+    reference = StockReference(stock, inputs)
+    del inputs["attention_mask"]
+    with torch.no_grad():
+        got = ours(**inputs, use_cache=False).logits
+    torch.testing.assert_close(got[0], reference.logits(0, kept[0]), rtol=1e-5, atol=1e-5)
