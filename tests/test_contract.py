@@ -428,3 +428,17 @@ def test_options_in_the_models_generation_config_are_checked_too(stock, ours):
     own = transformers.GenerationConfig(max_new_tokens=2)  # stock fills what it leaves unset from the model's
     with pytest.raises(ValueError, match="`prompt_lookup_num_tokens`"):
         model.generate(**make_qwen_inputs([A], stock.config), generation_config=own)
+
+
+def test_the_rope_delta_after_a_compressed_prefill(stock, ours):
+    """Decoding continues at (largest original position + 1): the cached delta is that minus the sample's number
+    of kept tokens, the stock convention (largest position + 1 - real tokens), computed here from the stock M-RoPE
+    ids and the naive kept positions."""
+    inputs = make_qwen_inputs([A, B], stock.config)
+    model = compressed(ours, keep=0.25)
+    kept = kept_for(stock, inputs, 0.25)
+    with torch.no_grad():
+        model(**inputs)
+        positions = stock_positions(stock, inputs)
+    expected = [int(positions[:, b, k].max()) + 1 - len(k) for b, k in enumerate(kept)]
+    assert model.model.rope_deltas[:, 0].tolist() == expected
