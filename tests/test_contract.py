@@ -442,3 +442,21 @@ def test_the_rope_delta_after_a_compressed_prefill(stock, ours):
         positions = stock_positions(stock, inputs)
     expected = [int(positions[:, b, k].max()) + 1 - len(k) for b, k in enumerate(kept)]
     assert model.model.rope_deltas[:, 0].tolist() == expected
+
+
+def test_pre_encoded_visual_features_are_refused_under_compression(stock, ours):
+    """`mm_encoder_outputs` carries the visual features without pixels: the compression cannot select among them,
+    so it is refused by name instead of running uncompressed."""
+    inputs = make_qwen_inputs([A], stock.config)
+    with torch.no_grad():
+        encoded = {"image": stock.model.get_image_features(inputs.pop("pixel_values"), inputs["image_grid_thw"])}
+    model = compressed(ours)
+    with pytest.raises(ValueError, match="`mm_encoder_outputs`"):
+        model(**inputs, mm_encoder_outputs=encoded)
+    with pytest.raises(ValueError, match="`mm_encoder_outputs`"):
+        model.generate(**inputs, mm_encoder_outputs=encoded, max_new_tokens=2)
+    model.config.token_keep = 1.0  # the stock model takes them
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(**inputs, mm_encoder_outputs=encoded).logits, stock(**inputs, mm_encoder_outputs=encoded).logits
+        )

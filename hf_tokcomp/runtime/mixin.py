@@ -75,7 +75,7 @@ class TokenCompressionMixin:
         compressor: the scoring module (``(batch, in_channels, n) -> (batch, n)``), or None for training-free
             scores (the layer-0 attention features themselves). May be replaced at any time.
         last_compression: after a call that compressed, one :class:`SampleSelection` per sample (per returned
-            sequence's source sample); None after a call with visual inputs that did not compress.
+            sequence's source sample); None after any call that did not compress.
     """
 
     #: keyword arguments whose presence means visual inputs (pixels)
@@ -160,10 +160,16 @@ class TokenCompressionMixin:
     def last_compression(self, value: list[SampleSelection] | LazySelections | None) -> None:
         self.__dict__["_tokcomp_last"] = value
 
-    def _tokcomp_wants(self, visual: dict[str, Any], past_key_values: Any) -> bool:
+    def _tokcomp_wants(self, visual: dict[str, Any], past_key_values: Any, kwargs: dict[str, Any]) -> bool:
         """Whether this call compresses: visual inputs present, token_keep < 1, and an empty cache."""
         if not self.__dict__.get("_tokcomp_generating", False):
             self.last_compression = None  # a new call: nothing compressed yet
+            if kwargs.get("mm_encoder_outputs") and self.config.token_keep < 1.0:
+                raise ValueError(
+                    "`mm_encoder_outputs` (pre-encoded visual features) cannot be compressed: the selection needs "
+                    "the visual tokens in the prompt it builds. Pass the pixel inputs instead, or set "
+                    "`model.config.token_keep = 1.0`."
+                )
         if not any(visual.get(k) is not None for k in self._tokcomp_pixel_keys):
             return False
         if self.config.token_keep >= 1.0:
@@ -281,10 +287,11 @@ class TokenCompressionMixin:
         block = pack_segments(merged.segments, features.device)
         name = resolve_selector(self.config.selector, self.compressor is not None)
         counts = [keep_count(self.config.token_keep, n) for n in block.lengths]
-        inputs = segment_batch(block, merged.inputs_embeds, merged.grids, features, rows)
+        selector = self._tokcomp_selector(name)
+        inputs = segment_batch(block, merged.inputs_embeds, merged.grids, features, rows, selector.reads_embeddings)
         inputs.layer0, inputs.compressor = self._tokcomp_decoder_layer0(), self.compressor
         with eval_mode(self.compressor), eval_mode(inputs.layer0), torch.autocast(features.device.type, enabled=False):
-            chosen = self._tokcomp_selector(name).select(inputs, counts)
+            chosen = selector.select(inputs, counts)
         keep = attention_mask.bool() & ~merged.visual_mask
         width = block.index.shape[1]
         positions = block.start[:, None] + chosen.kept.clamp_max(width - 1)
@@ -316,7 +323,7 @@ class TokenCompressionMixin:
         then those of the kept tokens), else exactly the stock forward. On a cache filled by a compressed
         prefill, the caller's mask is translated and the new tokens keep their original positions."""
         visual = {k: kwargs.get(k) for k in self._tokcomp_visual_keys}
-        if not self._tokcomp_wants(visual, past_key_values):
+        if not self._tokcomp_wants(visual, past_key_values, kwargs):
             prompt = None if self.__dict__.get("_tokcomp_generating") else prompt_of(past_key_values)
             if prompt is not None and input_ids is not None:
                 prompt = prompt.rows(input_ids.shape[0])
@@ -362,7 +369,7 @@ class TokenCompressionMixin:
         later ``generate`` on that cache with the returned sequences plus a new turn continues exactly)."""
         visual = {k: kwargs.get(k) for k in self._tokcomp_visual_keys}
         cache = kwargs.get("past_key_values")
-        if not self._tokcomp_wants(visual, cache):
+        if not self._tokcomp_wants(visual, cache, kwargs):
             prompt = prompt_of(cache)
             if prompt is None:
                 return super().generate(inputs, generation_config=generation_config, **kwargs)

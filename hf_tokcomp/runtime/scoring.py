@@ -20,19 +20,19 @@ class SegmentBlock:
     Attributes:
         sample: ``(S,)`` the sample each segment belongs to.
         start: ``(S,)`` its first position in the sequence.
-        length: ``(S,)`` its number of tokens ``n``.
         index: ``(S, N)`` sequence positions of its tokens (the last one repeated on padding).
         mask: ``(S, N)`` True on real tokens.
-        kinds: per segment ``"image"`` / ``"video"``; ``lengths``: the same as ``length``, on the host.
+        kinds, lengths, places: on the host, per segment ``"image"`` / ``"video"``, its number of tokens ``n``,
+            and ``(sample, start)``.
     """
 
     sample: torch.Tensor
     start: torch.Tensor
-    length: torch.Tensor
     index: torch.Tensor
     mask: torch.Tensor
     kinds: list[str]
     lengths: list[int]
+    places: list[tuple[int, int]]
 
 
 def pack_segments(segments: list[list[tuple[str, int, int]]], device: torch.device) -> SegmentBlock:
@@ -45,7 +45,8 @@ def pack_segments(segments: list[list[tuple[str, int, int]]], device: torch.devi
     offsets = torch.arange(longest, device=device)
     mask = offsets[None, :] < length[:, None]
     index = start[:, None] + torch.minimum(offsets[None, :], (length - 1).clamp_min(0)[:, None])
-    return SegmentBlock(sample, start, length, index, mask, [kind for _, kind, _, _ in flat], lengths)
+    kinds, places = [kind for _, kind, _, _ in flat], [(b, start) for b, _, start, _ in flat]
+    return SegmentBlock(sample, start, index, mask, kinds, lengths, places)
 
 
 def segment_batch(
@@ -54,9 +55,11 @@ def segment_batch(
     grids: dict[tuple[int, int], tuple[int, int, int]],
     features: torch.Tensor,
     rows: torch.Tensor,
+    with_embeddings: bool,
 ) -> SegmentBatch:
     """What a selector reads, for every segment at once (see :class:`SegmentBatch`; ``layer0`` and ``compressor``
-    are left for the caller).
+    are left for the caller). The embeddings and the instruction are gathered only ``with_embeddings`` (for the
+    selectors that read them), so the default selectors add no copy and no host sync to the prefill.
 
     Args:
         block: the packed segments.
@@ -64,22 +67,23 @@ def segment_batch(
         grids: ``(sample, start) -> (t, h, w)`` where the family knows a segment's grid.
         features: ``(B, L)`` layer-0 features.
         rows: ``(B, L)`` bool, the instruction rows of each sample.
+        with_embeddings: gather ``embeds`` / ``query`` / ``query_mask`` (else they are None).
     """
-    n_rows = rows.sum(dim=1)
-    most = max(int(n_rows.max()), 1)
-    order = torch.sort(rows.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :most]
-    query = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))  # (B, R, D)
-    query_mask = torch.arange(most, device=rows.device)[None, :] < n_rows[:, None]
-    places = zip(block.sample.tolist(), block.start.tolist(), block.lengths, strict=True)
-    return SegmentBatch(
+    batch = SegmentBatch(
         features=features[block.sample[:, None], block.index].masked_fill(~block.mask, 0.0),
-        embeds=embeds[block.sample[:, None], block.index],
         mask=block.mask,
         lengths=block.lengths,
-        grids=[grids.get((b, start), (1, 1, n)) for b, start, n in places],
-        query=query[block.sample],
-        query_mask=query_mask[block.sample],
+        grids=[grids.get(place, (1, 1, n)) for place, n in zip(block.places, block.lengths, strict=True)],
     )
+    if with_embeddings:
+        n_rows = rows.sum(dim=1)
+        most = max(int(n_rows.max()), 1)
+        order = torch.sort(rows.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :most]
+        query = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))  # (B, R, D)
+        query_mask = torch.arange(most, device=rows.device)[None, :] < n_rows[:, None]
+        batch.embeds = embeds[block.sample[:, None], block.index]
+        batch.query, batch.query_mask = query[block.sample], query_mask[block.sample]
+    return batch
 
 
 class LazySelections:
@@ -102,8 +106,8 @@ class LazySelections:
         records = [SampleSelection(selector=self.selector) for _ in range(self.batch)]
         offsets = [0] * self.batch
         kept, valid, scores = self.kept.cpu(), self.valid.cpu(), self.scores.cpu()
-        rows = zip(self.block.sample.tolist(), self.block.kinds, self.block.lengths, strict=True)
-        for s, (b, kind, n) in enumerate(rows):
+        rows = zip(self.block.places, self.block.kinds, self.block.lengths, strict=True)
+        for s, ((b, _), kind, n) in enumerate(rows):
             k = int(valid[s].sum())
             record = records[b]
             record.kinds.append(kind)

@@ -13,12 +13,18 @@ from typing import Any
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-__all__ = ["VOCAB", "tiny_qwen_config", "make_qwen_inputs"]
+__all__ = ["VOCAB", "TIMESTAMP", "mrope_section", "tiny_qwen_config", "make_qwen_inputs"]
 
 #: ids of the special tokens in the tiny vocabulary (300 tokens; ids below 280 are ordinary text)
 #: first id of the stand-in timestamp tokens of Qwen3-VL-style videos (one per frame)
 TIMESTAMP = 250
 VOCAB = {"pad": 0, "bos": 1, "eos": 2, "vision_start": 290, "vision_end": 291, "image": 292, "video": 293}
+
+
+def mrope_section(rotary_dim: int) -> list[int]:
+    """M-RoPE (temporal, height, width) sections for a rotary dimension, in the real models' 2 : 3 : 3 spirit."""
+    half = rotary_dim // 2
+    return [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
 
 
 def tiny_qwen_config(
@@ -39,8 +45,7 @@ def tiny_qwen_config(
     ``vision_embed_dim`` is the Qwen2-VL tower's width; ``text_overrides`` replace text-config defaults.
     """
     head_dim = hidden_size // num_heads
-    half = head_dim // 2
-    section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    section = mrope_section(head_dim)
     text = (
         dict(
             vocab_size=vocab_size,

@@ -6,9 +6,35 @@ from __future__ import annotations
 
 from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
-from .tiny_qwen import VOCAB
+from .tiny_qwen import VOCAB, mrope_section
 
 __all__ = ["tiny_qwen3_vl_config", "tiny_qwen3_5_config"]
+
+
+#: the tiny vocabulary's placeholder and marker ids, as the Qwen3 configs name them
+_TOKENS = dict(
+    image_token_id=VOCAB["image"],
+    video_token_id=VOCAB["video"],
+    vision_start_token_id=VOCAB["vision_start"],
+    vision_end_token_id=VOCAB["vision_end"],
+    tie_word_embeddings=False,
+)
+
+
+def _vision(out_hidden_size: int) -> dict:
+    """A tiny Qwen3-style vision tower: 2 blocks, 2 x 2 patches of 2 px merged 2 x 2, 8 x 8 position table."""
+    return dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=2,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        in_channels=3,
+        out_hidden_size=out_hidden_size,
+        num_position_embeddings=64,
+    )
 
 
 def tiny_qwen3_vl_config(
@@ -17,8 +43,7 @@ def tiny_qwen3_vl_config(
     """A small but complete Qwen3-VL config: 2x2 patch merging, DeepStack features added after LLM layers 0 and
     1 (from vision blocks 0 and 1), interleaved M-RoPE sections scaled to the head size."""
     head_dim = hidden_size // num_heads
-    half = head_dim // 2
-    section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    section = mrope_section(head_dim)
     text = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -40,29 +65,13 @@ def tiny_qwen3_vl_config(
     )
     if moe:
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size, decoder_sparse_step=1)
-    vision = dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        patch_size=2,
-        temporal_patch_size=2,
-        spatial_merge_size=2,
-        in_channels=3,
-        out_hidden_size=hidden_size,
-        num_position_embeddings=64,
-        deepstack_visual_indexes=[0, 1],
-    )
+    vision = _vision(hidden_size) | {"deepstack_visual_indexes": [0, 1]}
     cls = Qwen3VLMoeConfig if moe else Qwen3VLConfig
     return cls(
         text_config=text,
         vision_config=vision,
-        image_token_id=VOCAB["image"],
-        video_token_id=VOCAB["video"],
-        vision_start_token_id=VOCAB["vision_start"],
-        vision_end_token_id=VOCAB["vision_end"],
         pad_token_id=VOCAB["pad"],
-        tie_word_embeddings=False,
+        **_TOKENS,
     )
 
 
@@ -73,8 +82,7 @@ def tiny_qwen3_5_config(moe: bool = False, hidden_size: int = 64, num_layers: in
 
     head_dim = 16
     rotary = head_dim // 4  # partial_rotary_factor 0.25, as the published models
-    half = rotary // 2
-    section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    section = mrope_section(rotary)
     text = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -106,25 +114,10 @@ def tiny_qwen3_5_config(moe: bool = False, hidden_size: int = 64, num_layers: in
             moe_intermediate_size=hidden_size,
             shared_expert_intermediate_size=hidden_size,
         )
-    vision = dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        patch_size=2,
-        temporal_patch_size=2,
-        spatial_merge_size=2,
-        in_channels=3,
-        out_hidden_size=hidden_size,
-        num_position_embeddings=64,
-    )
+    vision = _vision(hidden_size)
     cls = Qwen3_5MoeConfig if moe else Qwen3_5Config
     return cls(
         text_config=text,
         vision_config=vision,
-        image_token_id=VOCAB["image"],
-        video_token_id=VOCAB["video"],
-        vision_start_token_id=VOCAB["vision_start"],
-        vision_end_token_id=VOCAB["vision_end"],
-        tie_word_embeddings=False,
+        **_TOKENS,
     )

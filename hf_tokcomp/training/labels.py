@@ -130,9 +130,6 @@ def read_records(data: str | os.PathLike, split: str = "train") -> Sequence[dict
     return records
 
 
-_open_image = open_image
-
-
 def build_inputs(processor, record: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Processor output for one record: the user turn holds its image(s) / video, then the question."""
     return build_batch(processor, [record])
@@ -143,7 +140,7 @@ def build_batch(processor, records: Sequence[dict[str, Any]]) -> dict[str, torch
     texts, images, videos = [], [], []
     for record in records:
         own = record.get("image")
-        own = [] if own is None else [_open_image(i) for i in (own if isinstance(own, list) else [own])]
+        own = [] if own is None else [open_image(i) for i in (own if isinstance(own, list) else [own])]
         video = record.get("video")
         content = [{"type": "image"} for _ in own] + ([{"type": "video"}] if video is not None else [])
         content.append({"type": "text", "text": record["question"]})
@@ -154,7 +151,7 @@ def build_batch(processor, records: Sequence[dict[str, Any]]) -> dict[str, torch
         )
         images += own
         if video is not None:
-            videos.append([_open_image(f) for f in video])
+            videos.append([open_image(f) for f in video])
     kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": "left"}
     if images:
         kwargs["images"] = images

@@ -24,11 +24,12 @@ class SegmentBatch:
 
     Attributes:
         features: ``(S, N)`` float32 layer-0 attention features (the attention each token receives).
-        embeds: ``(S, N, D)`` the segment's visual embeddings at the LLM input.
         mask: ``(S, N)`` bool, True on real tokens.
         lengths: per segment its number of tokens ``n``.
         grids: per segment its ``(t, h, w)`` token grid (``t * h * w == n``), or ``(1, 1, n)`` where the family
             has no grid for it (LLaVA-OneVision's anyres layout).
+        embeds: ``(S, N, D)`` the segment's visual embeddings at the LLM input; only for selectors whose
+            :attr:`Selector.reads_embeddings` is True (else None), like ``query`` and ``query_mask``.
         query: ``(S, R, D)`` the embeddings of the segment's instruction rows (its sample's), at the LLM input.
         query_mask: ``(S, R)`` bool, True on real rows.
         layer0: the LLM's decoder layer 0 (for methods that read its keys), or None.
@@ -36,12 +37,12 @@ class SegmentBatch:
     """
 
     features: torch.Tensor
-    embeds: torch.Tensor
     mask: torch.Tensor
     lengths: list[int]
     grids: list[tuple[int, int, int]]
-    query: torch.Tensor
-    query_mask: torch.Tensor
+    embeds: torch.Tensor | None = None
+    query: torch.Tensor | None = None
+    query_mask: torch.Tensor | None = None
     layer0: nn.Module | None = None
     compressor: nn.Module | None = None
 
@@ -74,6 +75,8 @@ class Selector:
     :meth:`select`; a selector holds no per-call state unless documented (the random one's generator)."""
 
     name: str = "selector"
+    #: whether :meth:`select` reads ``embeds`` / ``query`` (the runtime gathers them only then)
+    reads_embeddings: bool = False
 
     def select(self, batch: SegmentBatch, counts: list[int]) -> Selection:
         """The kept tokens of every segment.
@@ -103,7 +106,8 @@ class ScoreSelector(Selector):
     def select(self, batch: SegmentBatch, counts: list[int]) -> Selection:
         scores = self.score(batch).float()
         if not bool(torch.isfinite(scores.masked_fill(~batch.mask, 0.0)).all()):
-            raise ValueError(f"selector {self.name!r} produced non-finite scores (nan/inf); check its inputs.")
+            what = "`model.compressor` returned" if self.name == "learned" else f"selector {self.name!r} produced"
+            raise ValueError(f"{what} non-finite scores (nan/inf); check its weights / inputs.")
         scores = scores.masked_fill(~batch.mask, float("-inf"))
         width = scores.shape[1]
         most = max(counts, default=1)

@@ -37,6 +37,7 @@ class CDPrunerSelector(Selector):
     """Greedy MAP of the instruction-conditioned DPP (see the module docstring)."""
 
     name = "cdpruner"
+    reads_embeddings = True
 
     @torch.no_grad()
     def select(self, batch: SegmentBatch, counts: list[int]) -> Selection:

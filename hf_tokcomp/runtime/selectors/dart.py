@@ -34,6 +34,7 @@ class DARTSelector(Selector):
     pivot_image: int = 4
     pivot_text: int = 4
     name = "dart"
+    reads_embeddings = True
 
     @torch.no_grad()
     def select(self, batch: SegmentBatch, counts: list[int]) -> Selection:

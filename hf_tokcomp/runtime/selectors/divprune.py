@@ -26,6 +26,7 @@ class DivPruneSelector(Selector):
     """Greedy max-min diversity on the visual embeddings (see the module docstring)."""
 
     name = "divprune"
+    reads_embeddings = True
 
     @torch.no_grad()
     def select(self, batch: SegmentBatch, counts: list[int]) -> Selection:
