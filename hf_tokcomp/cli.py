@@ -29,6 +29,7 @@ def _label(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         model_name=args.model,
         teacher=args.teacher,
+        features=args.features,
         rank=rank,
         world_size=world_size,
         progress=rank == 0,
@@ -191,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="gae",
         choices=["gae", "occlusion"],
         help="target signal: GAE relevance (the paper's, default) or leave-one-out occlusion",
+    )
+    label.add_argument(
+        "--features",
+        default=None,
+        help="the compressor's input: a versioned layer-0 feature definition, 'v2:MODE' with MODE causal, "
+        "noncausal or hybrid (how a question BEFORE the image is read), '+heads' for one channel per attention "
+        "head (default: v2:hybrid)",
     )
     label.set_defaults(run=_label)
 

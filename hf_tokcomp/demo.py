@@ -25,13 +25,17 @@ from .runtime.compressor import TokenCompressor
 from .training.labels import build_inputs, label_dataset, read_records
 from .training.train import TrainArguments, train_compressor
 
-__all__ = ["main", "kept_tokens_figure"]
+__all__ = ["KEEPS", "main", "kept_tokens_figure"]
+
+#: keep ratios of the demo: 0.33 / 0.22 / 0.11 are where the literature reports (192 / 128 / 64 of LLaVA's 576)
+KEEPS = (1.0, 0.75, 0.5, 0.33, 0.25, 0.22, 0.11)
 
 
 def kept_tokens_figure(model, processor, record: dict, compressor, keep: float) -> Image.Image:
     """The record's image three times: the tokens kept by the compressor, by the training-free layer-0
     attention, and the ground-truth evidence."""
     image = Image.open(record["image"]).convert("RGB")
+    grid = (image.height // 28, image.width // 28)  # the organism's visual tokens: one per 28 px cell
     inputs = build_inputs(processor, record)
     saved = (model.compressor, model.config.token_keep)
     panels = []
@@ -43,10 +47,10 @@ def kept_tokens_figure(model, processor, record: dict, compressor, keep: float) 
                 out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
             answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             kept = model.last_compression[0].kept[0].tolist()
-            panels.append((f"{name} @{keep:g}: {answer.strip()}", overlay_kept(image, kept, (8, 8))))
+            panels.append((f"{name} @{keep:g}: {answer.strip()}", overlay_kept(image, kept, grid)))
     finally:
         model.compressor, model.config.token_keep = saved
-    panels.append((f"evidence: {record['answer']}", overlay_kept(image, record["evidence"], (8, 8))))
+    panels.append((f"evidence: {record['answer']}", overlay_kept(image, record["evidence"], grid)))
     figure = side_by_side(panels)
     canvas = Image.new("RGB", (figure.width, figure.height + 18), (255, 255, 255))
     canvas.paste(figure, (0, 18))
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="use the shipped compressor (skip label and train)")
     parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     parser.add_argument("--train-samples", type=int, default=1500, help="samples to label (default: 1500)")
-    parser.add_argument("--test-samples", type=int, default=500, help="samples to evaluate (default: 500)")
+    parser.add_argument("--test-samples", type=int, default=1200, help="samples to evaluate (default: 1200)")
     parser.add_argument("--epochs", type=int, default=60, help="compressor training epochs (default: 60)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     compressor = TokenCompressor.from_pretrained(compressor_dir).eval()
     records = read_records(test)
     methods = ("ours", "attention", "uniform", "random", "fastv", "teacher", "occlusion", "oracle")
-    result = evaluate(model, processor, records, compressor, EvalSettings(max_new_tokens=2, methods=methods))
+    settings = EvalSettings(keeps=KEEPS, max_new_tokens=2, methods=methods)
+    result = evaluate(model, processor, records, compressor, settings)
     samples = result.pop("samples")
     (out / "samples.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in samples))
     result |= {"model": "hf_tokcomp organism", "compressor": str(compressor_dir), "data": str(test)}
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "eval.md").write_text(table)
     eval_plot(result, out / "eval.png")
     step("evaluated every method on the test split:\n\n" + table)
-    example = next(r for r in records if r["qtype"] == "left_of")
+    example = next(r for r in records if r["qtype"] == "left_of" and not r.get("question_first"))
     kept_tokens_figure(model, processor, example, compressor, 0.25).save(out / "kept_tokens.png")
     step(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'} and {out / 'kept_tokens.png'}")
 

@@ -340,14 +340,28 @@ def test_visual_inputs_on_a_non_empty_cache_raise(stock, ours):
             model(**inputs, past_key_values=cache)
 
 
-def test_a_prompt_ending_in_a_visual_token_is_refused_through_the_model(stock, ours):
+def test_a_prompt_without_any_text_is_refused_through_the_model(stock, ours):
+    """Nothing but the image after its opening template token: no instruction to score against, refused by
+    name (a generation prompt after the image would count, as in the original method)."""
+    model = compressed(ours)
+    inputs = make_qwen_inputs([[("image", (4, 4))]], stock.config)
+    inputs = {
+        k: v[:, :-1] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v for k, v in inputs.items()
+    }
+    with pytest.raises(ValueError, match="have no instruction"):
+        model(**inputs)
+
+
+def test_a_prompt_ending_in_a_visual_token_reads_the_question_before_it(stock, ours):
+    """The question first, the image last (its closing template token cut too): compressed like any prompt."""
     model = compressed(ours)
     inputs = make_qwen_inputs([[("text", [5, 6]), ("image", (4, 4))]], stock.config)
     inputs = {
         k: v[:, :-1] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v for k, v in inputs.items()
     }
-    with pytest.raises(ValueError, match="no instruction tokens after their last visual token"):
+    with torch.no_grad():
         model(**inputs)
+    assert model.last_compression[0].num_kept == 2  # half of the image's 4 tokens
 
 
 def test_eager_and_sdpa_give_equal_logits_under_compression(stock_checkpoint, family):

@@ -1,9 +1,12 @@
-"""The layer-0 features against the stock model's own eager layer-0 attention probabilities."""
+"""The layer-0 features against independent references built from the stock model: its own eager layer-0
+attention (the causal part) and its layer-0 attention module run with a hand-built non-causal mask (how a
+question BEFORE the image reads it), averaged by hand over hand-derived instruction rows."""
 
+import pytest
 import torch
 
-from hf_tokcomp.runtime.features import instruction_rows, layer0_attention_features
-from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
+from hf_tokcomp.runtime.features import FeatureSpec
+from hf_tokcomp.testing.tiny_qwen import VOCAB, make_qwen_inputs
 
 from .reference import qwen_segment_sizes, stock_merged_embeddings, stock_positions
 
@@ -11,53 +14,114 @@ SAMPLES = [
     [("text", [5, 6, 7]), ("image", (8, 8)), ("text", [8, 9, 10, 11])],
     [("text", [5]), ("image", (4, 6)), ("text", [12]), ("image", (4, 4)), ("text", [13, 14])],
 ]
+#: the tiny vocabulary's ids that are never instruction: padding, end of turn, vision start / end
+TEMPLATE = (VOCAB["pad"], VOCAB["eos"], VOCAB["vision_start"], VOCAB["vision_end"])
+CAUSAL = FeatureSpec("causal")
 
 
-def test_features_equal_stock_eager_layer0_attention(stock, ours):
+def text_rows(ids: torch.Tensor, visual: torch.Tensor, mask: torch.Tensor, template=TEMPLATE) -> list[list[int]]:
+    """Per sample (a prompt without turn markers: one turn), the instruction rows written out: every real token
+    that is neither visual nor a template id, before or after the images."""
+    return [
+        [i for i in range(ids.shape[1]) if mask[b, i] and not visual[b, i] and int(ids[b, i]) not in template]
+        for b in range(ids.shape[0])
+    ]
+
+
+def hand_features(attn: torch.Tensor, ids: torch.Tensor, visual: torch.Tensor, mask: torch.Tensor, template=TEMPLATE):
+    """``(B, L)``: the stock CAUSAL layer-0 attention ``(B, H, L, L)`` averaged over heads and over the sample's
+    instruction rows (:func:`text_rows`; rows before a segment give it 0, as causal attention does)."""
+    out = torch.zeros(visual.shape)
+    for b, rows in enumerate(text_rows(ids, visual, mask, template)):
+        out[b] = attn[b][:, rows].mean(dim=(0, 1))
+    return out
+
+
+def stock_layer0_probs(stock, inputs: dict, causal: bool) -> torch.Tensor:
+    """``(B, H, L, L)``: the stock Qwen layer-0 attention module (eager) on the stock merged embeddings and
+    M-RoPE tables, with a hand-built additive mask: padding keys hidden, and future keys too when ``causal``."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    text = stock.model.language_model
+    layer = text.layers[0]
+    with torch.no_grad():
+        embeds = stock_merged_embeddings(stock, inputs)
+        cos, sin = text.rotary_emb(embeds, stock_positions(stock, inputs))
+        length = ids.shape[1]
+        visible = mask[:, None, None, :].expand(-1, 1, length, -1).clone()
+        if causal:
+            visible &= torch.ones(length, length, dtype=torch.bool).tril()
+        additive = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
+        stock.set_attn_implementation("eager")
+        try:
+            _, probs = layer.self_attn(
+                layer.input_layernorm(embeds), attention_mask=additive, position_embeddings=(cos, sin)
+            )
+        finally:
+            stock.set_attn_implementation("sdpa")
+    return probs
+
+
+def test_the_causal_reference_is_the_stock_models_own_attention(stock):
+    """The hand-masked stock module reproduces the full stock forward's eager layer-0 attention (real rows)."""
     inputs = make_qwen_inputs(SAMPLES, stock.config)
     stock.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            attn = stock(**inputs, output_attentions=True).attentions[0]  # (B, H, L, L)
+            attn = stock(**inputs, output_attentions=True).attentions[0]
     finally:
         stock.set_attn_implementation("sdpa")
+    real = inputs["attention_mask"].bool()
+    probs = stock_layer0_probs(stock, inputs, causal=True)
+    for b in range(attn.shape[0]):
+        torch.testing.assert_close(probs[b][:, real[b]], attn[b][:, real[b]], rtol=1e-5, atol=1e-6)
+
+
+def naive_segment_features(stock, inputs: dict, runs, mode: str) -> list[list[torch.Tensor]]:
+    """Per sample, per segment ``(start, n)``: ``(H, n)`` attention from the sample's instruction rows, each row
+    read causally (the stock map) when it follows the segment, else non-causally (``hybrid``), or always one way
+    (``causal`` / ``noncausal``); averaged over the rows by hand."""
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
-    expected = torch.zeros(ids.shape)
-    for b in range(ids.shape[0]):
-        last_visual = int(visual[b].nonzero().max())
-        rows = [i for i in range(last_visual + 1, ids.shape[1]) if mask[b, i]]
-        expected[b] = attn[b][:, rows].mean(dim=(0, 1))
-
-    with torch.no_grad():
-        embeds = stock_merged_embeddings(stock, inputs)
-        positions = stock_positions(stock, inputs)
-        cos, sin = stock.model.language_model.rotary_emb(embeds, positions)
-        rows = instruction_rows(visual, mask)
-        got = layer0_attention_features(embeds, ours.model.language_model.layers[0], cos, sin, mask, rows)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_prompt_ending_in_a_visual_token_is_refused():
-    visual = torch.tensor([[False, True, True]])
-    try:
-        instruction_rows(visual, torch.ones(1, 3))
-    except ValueError as err:
-        assert "no instruction tokens after their last visual token" in str(err)
-    else:
-        raise AssertionError("expected a ValueError")
-
-
-# ---- the runtime's whole feature path, every family: stock eager attention averaged by hand -------------------------
-def hand_features(attn: torch.Tensor, visual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(B, L)``: layer-0 attention ``(B, H, L, L)`` averaged over heads and over the rows that are real tokens
-    after the sample's last visual token."""
-    out = torch.zeros(visual.shape)
-    for b in range(visual.shape[0]):
-        last_visual = int(visual[b].nonzero().max())
-        rows = [i for i in range(last_visual + 1, visual.shape[1]) if mask[b, i]]
-        out[b] = attn[b][:, rows].mean(dim=(0, 1))
+    causal, full = stock_layer0_probs(stock, inputs, True), stock_layer0_probs(stock, inputs, False)
+    out = []
+    for b, rows in enumerate(text_rows(ids, visual, mask)):
+        per_segment = []
+        for start, n in runs[b]:
+            picked = []
+            for r in rows:
+                use_causal = mode == "causal" or (mode == "hybrid" and r >= start + n)
+                picked.append((causal if use_causal else full)[b, :, r, start : start + n])
+            per_segment.append(torch.stack(picked).mean(dim=0))
+        out.append(per_segment)
     return out
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "noncausal", "causal"])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_features_equal_the_stock_layer0_read_both_ways(stock, ours, mode, per_head):
+    """Question before AND after the images, padded batch: the runtime's features per segment equal the naive
+    reference, head-averaged or one channel per head."""
+    inputs = make_qwen_inputs([*SAMPLES, [("image", (4, 4)), ("text", [6, 7])]], stock.config)
+    runs = visual_runs(inputs["input_ids"], qwen_segment_sizes(inputs, stock.config))
+    expected = naive_segment_features(stock, inputs, runs, mode)
+    spec = FeatureSpec(mode, per_head)
+    with torch.no_grad():
+        got = ours.compressor_features(**inputs, features=spec)
+    for b in range(len(runs)):
+        for (_, features), want in zip(got[b], expected[b], strict=True):
+            want = want if per_head else want.mean(dim=0, keepdim=True)
+            torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_rows_before_the_image_change_the_default_features(stock, ours):
+    """Only the words of the question BEFORE the image differ: the default (hybrid) features and their top
+    tokens differ too."""
+    a = make_qwen_inputs([[("text", [5, 6, 7, 8]), ("image", (8, 8)), ("text", [9])]], stock.config)
+    b = make_qwen_inputs([[("text", [5, 30, 41, 8]), ("image", (8, 8)), ("text", [9])]], stock.config)
+    with torch.no_grad():
+        fa, fb = ours.compressor_features(**a)[0][0][1], ours.compressor_features(**b)[0][0][1]
+    assert (fa - fb).abs().max() > 1e-5  # the tiny random model attends almost uniformly: small but real
+    assert set(fa[0].topk(4).indices.tolist()) != set(fb[0].topk(4).indices.tolist())
 
 
 def hand_selection(features: torch.Tensor, runs: list[list[tuple[int, int]]], keep: float) -> list[list[int]]:
@@ -92,12 +156,17 @@ def visual_runs(ids: torch.Tensor, sizes: dict[int, list[int]]) -> list[list[tup
     return runs
 
 
-def check_feature_path(model, inputs, expected: torch.Tensor, runs, keep=0.25):
-    """``compressor_features`` per segment equal ``expected`` there; ``compressor=None`` keeps its top-k."""
+def check_feature_path(model, inputs, expected: torch.Tensor, runs, keep=0.25, spec=CAUSAL):
+    """``compressor_features`` of ``spec`` per segment equal ``expected`` there; ``compressor=None`` (with that
+    definition) keeps its top-k."""
     model.compressor, model.config.token_keep = None, keep
-    with torch.no_grad():
-        features = model.compressor_features(**inputs)
-        model(**inputs)
+    model._tokcomp_features_override = spec
+    try:
+        with torch.no_grad():
+            features = model.compressor_features(**inputs, features=spec)
+            model(**inputs)
+    finally:
+        del model._tokcomp_features_override
     for b, sample_runs in enumerate(runs):
         for (_, got), (start, n) in zip(features[b], sample_runs, strict=True):
             torch.testing.assert_close(got[0], expected[b, start : start + n], rtol=1e-5, atol=1e-6)
@@ -117,4 +186,4 @@ def test_qwen_feature_path_equals_stock_eager_attention_padded_with_video(stock,
     ids = inputs["input_ids"]
     visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
     runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
-    check_feature_path(ours, inputs, hand_features(attn, visual, inputs["attention_mask"]), runs)
+    check_feature_path(ours, inputs, hand_features(attn, ids, visual, inputs["attention_mask"]), runs)

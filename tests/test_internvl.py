@@ -7,7 +7,7 @@ import torch
 import transformers
 
 import hf_tokcomp
-from hf_tokcomp.testing.tiny_internvl import make_internvl_inputs, tiny_internvl_config
+from hf_tokcomp.testing.tiny_internvl import VOCAB, make_internvl_inputs, tiny_internvl_config
 
 from .fixed_scores import FixedScores, fixed_scores
 from .reference import naive_kept_positions
@@ -129,7 +129,8 @@ def test_feature_path_equals_stock_eager_attention(stock, ours):
     check_feature_path(
         ours,
         inputs,
-        hand_features(attn, visual, inputs["attention_mask"]),
+        # InternVL's config names no <img> / </img> ids: they count as instruction text like any other token
+        hand_features(attn, ids, visual, inputs["attention_mask"], template=(VOCAB["pad"], VOCAB["eos"])),
         visual_runs(ids, sizes(inputs, stock.config)),
     )
 

@@ -240,7 +240,7 @@ def test_feature_path_equals_stock_eager_attention(stock, ours):
     ids = inputs["input_ids"]
     visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
     runs = visual_runs(ids, segment_sizes(stock, inputs))
-    check_feature_path(ours, inputs, hand_features(attn, visual, inputs["attention_mask"]), runs)
+    check_feature_path(ours, inputs, hand_features(attn, ids, visual, inputs["attention_mask"]), runs)
 
 
 def test_teachers_equal_naive_references_on_the_stock_model(stock, ours):

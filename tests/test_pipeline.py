@@ -157,6 +157,7 @@ def _synthetic_labels(path, model_type="qwen2_vl", segments=240, seed=0):
         "format": 1,
         "model_type": model_type,
         "hidden_size": 64,
+        "features": "v2:hybrid",
         "feature_channels": 1,
         "model_name_or_path": "synthetic",
         "shards": [{"file": "shard-00000.safetensors"}],
@@ -176,7 +177,7 @@ def test_training_lowers_kl_and_beats_random_recall(tmp_path):
     assert after["kl"] < 0.7 * result["history"][0]["kl"] and after["kl"] < before["kl"]
     assert after["recall@25%"] > 0.6 and after["recall@50%"] > 0.75  # random: about 0.25 and 0.5
     loaded = TokenCompressor.from_pretrained(tmp_path / "out")
-    assert loaded.config.base_model_type == "qwen2_vl"
+    assert (loaded.config.base_model_type, loaded.config.features) == ("qwen2_vl", "v2:hybrid")
 
 
 def test_training_resumes_to_the_same_weights(tmp_path):

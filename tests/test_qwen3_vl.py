@@ -17,7 +17,7 @@ from hf_tokcomp.testing.tiny_qwen3 import tiny_qwen3_5_config, tiny_qwen3_vl_con
 
 from .fixed_scores import FixedScores, fixed_scores
 from .reference import naive_kept_positions, qwen_segment_sizes
-from .test_features import check_feature_path, hand_features, visual_runs
+from .test_features import check_feature_path, hand_features, text_rows, visual_runs
 
 A = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
 B = [("text", [5]), ("image", (4, 6)), ("text", [10, 11]), ("image", (4, 4)), ("text", [12, 20, 21])]
@@ -187,13 +187,14 @@ def test_feature_path_equals_stock_eager_attention_with_qk_norms(stock, ours):
     ids = inputs["input_ids"]
     visual = ids == stock.config.image_token_id
     runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
-    check_feature_path(ours, inputs, hand_features(attn, visual, inputs["attention_mask"]), runs)
+    check_feature_path(ours, inputs, hand_features(attn, ids, visual, inputs["attention_mask"]), runs)
 
 
 def test_qwen3_5_features_from_the_first_full_layer(stock, ours):
-    """Qwen3.5: the features are the first full-attention layer's causal softmax, from its own q (query half of
-    the gated projection) and k, their norms and its partial rotary table, applied to the LLM input embeddings -
-    computed here with the stock layer's modules and the stock rotary function, averaged by hand."""
+    """Qwen3.5: the (causal) features are the first full-attention layer's causal softmax, from its own q (query
+    half of the gated projection) and k, their norms and its partial rotary table, applied to the LLM input
+    embeddings - computed here with the stock layer's modules and the stock rotary function, averaged by hand over
+    the instruction rows (rows before the image give it 0)."""
     if "linear_attention" not in getattr(stock.config.text_config, "layer_types", []):
         pytest.skip("Qwen3-VL: checked against the stock eager attention map")
     from transformers.models.qwen3_5 import modeling_qwen3_5 as stock_module
@@ -214,9 +215,7 @@ def test_qwen3_5_features_from_the_first_full_layer(stock, ours):
         q, k = stock_module.apply_rotary_pos_emb(q, k, cos, sin)
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         scores = (q @ k.transpose(-1, -2)) * attn.scaling
-        for b in range(batch):
-            visual_b = reference.visual[b].nonzero().flatten().tolist()
-            rows = [i for i in range(visual_b[-1] + 1, length) if mask[b, i]]
+        for b, rows in enumerate(text_rows(ids, reference.visual, mask)):
             probs = []
             for i in rows:
                 keys = [j for j in range(i + 1) if mask[b, j]]

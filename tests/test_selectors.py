@@ -12,6 +12,7 @@ from hf_tokcomp.runtime.selectors import SELECTOR_NAMES, SELECTORS, SegmentBatch
 from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
 
 from .reference import qwen_segment_sizes, stock_merged_embeddings
+from .test_features import TEMPLATE
 
 # ---- naive references -----------------------------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ def random_batch(lengths, grids=None, dim=16, rows=(3, 5, 2), seed=0):
     query = torch.randn(len(lengths), max(rows), dim, generator=gen)
     query_mask = torch.arange(max(rows))[None, :] < torch.tensor(rows[: len(lengths)])[:, None]
     return SegmentBatch(
-        features=torch.rand(len(lengths), width, generator=gen) * mask,
+        features=torch.rand(len(lengths), 1, width, generator=gen) * mask[:, None],
         embeds=embeds,
         mask=mask,
         lengths=list(lengths),
@@ -171,7 +172,7 @@ B = [("text", [5]), ("image", (4, 6)), ("text", [10, 11]), ("image", (4, 4)), ("
 @pytest.mark.parametrize("name", ["divprune", "cdpruner", "dart", "uniform"])
 def test_selectors_through_generate_equal_the_naive_reference_and_are_batch_invariant(stock, ours, name):
     """Left-padded batch of two samples with three images: the kept tokens of every image equal the naive
-    method on the stock model's merged embeddings (instruction = the real tokens after the last image), and a
+    method on the stock model's merged embeddings (instruction = the sample's text, before and after), and a
     sample keeps and generates the same alone and in the batch."""
     ours.config.token_keep, ours.config.selector = 0.25, name
     ours.generation_config.eos_token_id = None
@@ -191,7 +192,7 @@ def test_selectors_through_generate_equal_the_naive_reference_and_are_batch_inva
     for b, record in enumerate(records):
         row = ids[b].tolist()
         visual = [i for i, t in enumerate(row) if t == stock.config.image_token_id]
-        rows = [i for i in range(visual[-1] + 1, len(row)) if mask[b, i]]
+        rows = [i for i in range(len(row)) if mask[b, i] and i not in visual and row[i] not in TEMPLATE]
         query = embeds[b, rows]
         starts = [i for i in visual if i - 1 not in visual]  # the images are separated by text
         offset = 0

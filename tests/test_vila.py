@@ -448,6 +448,8 @@ def test_feature_path_equals_reference_eager_attention(ref, processor, ours):
     ids = inputs["input_ids"]
     visual = (ids == processor.image_token_id) | (ids == processor.video_token_id)
     expected = torch.zeros(ids.shape)
+    text_config = ours.config.get_text_config()  # no turn markers: every non-template token is instruction
+    template = tuple(t for t in (text_config.pad_token_id, text_config.eos_token_id) if t is not None)
     sizes = {processor.image_token_id: [], processor.video_token_id: []}
     ref["llm"].set_attn_implementation("eager")
     try:
@@ -458,7 +460,8 @@ def test_feature_path_equals_reference_eager_attention(ref, processor, ours):
             with torch.no_grad():
                 attn = ref["llm"](inputs_embeds=embeds[None], output_attentions=True).attentions[0]
             pad = ids.shape[1] - embeds.shape[0]  # left padding: reference index = padded index - pad
-            expected[b, pad:] = hand_features(attn, visual[b : b + 1, pad:], torch.ones(1, embeds.shape[0]))[0]
+            own = (ids[b : b + 1, pad:], visual[b : b + 1, pad:], torch.ones(1, embeds.shape[0]))
+            expected[b, pad:] = hand_features(attn, *own, template)[0]
     finally:
         ref["llm"].set_attn_implementation("sdpa")
     check_feature_path(ours, inputs, expected, visual_runs(ids, sizes))

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from ..runtime.compression import CompressedBatch, compress_batch
-from ..runtime.features import layer0_attention_features
+from ..runtime.features import last_token_attention
 from ..runtime.mixin import MergedInputs
 from ..runtime.selection import select_top
 
@@ -89,10 +89,8 @@ def fastv_prefill(model, merged: MergedInputs, full: CompressedBatch, token_keep
     full_mask = _additive_mask(full.attention_mask, full.attention_mask, True, dtype)
     hidden = _run_layers(model, lm.layers[: k - 1], full.inputs_embeds, full.position_ids, full_mask, cache)
     # FastV's signal: the last token's attention at layer K-1 (1-indexed: the K-th layer), over all keys.
-    last = torch.zeros_like(full.attention_mask, dtype=torch.bool)
-    last[:, -1] = True
     cos, sin = model._tokcomp_rotary(hidden, full.position_ids)
-    attention = layer0_attention_features(hidden, lm.layers[k - 1], cos, sin, full.attention_mask, last)
+    attention = last_token_attention(hidden, lm.layers[k - 1], cos, sin, full.attention_mask)
     hidden = _run_layers(model, lm.layers[k - 1 : k], hidden, full.position_ids, full_mask, cache)
 
     keep = full.attention_mask.bool() & ~merged.visual_mask

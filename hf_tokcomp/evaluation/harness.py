@@ -14,7 +14,8 @@ Methods (all input-stage methods go through the model's own budget rule, gather 
 - ``occlusion``: the alternative teacher signal, leave-one-out occlusion of the model's own answer (a reference);
 - ``oracle``: the records' ground-truth ``evidence`` token indices first (a reference; needs ``evidence``).
 
-Retention = accuracy / uncompressed accuracy, overall and per question type (the records' ``qtype`` field).
+Retention = accuracy / uncompressed accuracy, overall, per question type (the records' ``qtype`` field) and per
+prompt order (where records say ``question_first``: ``question_before`` / ``question_after`` the image(s)).
 """
 
 from __future__ import annotations
@@ -106,9 +107,28 @@ def _answers(model, batch: _Batch, max_new_tokens: int, fastv: tuple[float, int]
     return [a.cpu() for a in cut_at_eos(model, out, inputs["input_ids"].shape[1])]
 
 
-def _right(tokenizer, answers: list[torch.Tensor], records: list[dict[str, Any]]) -> list[bool]:
-    texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
-    return [normalise_answer(t) == normalise_answer(str(r["answer"])) for t, r in zip(texts, records, strict=True)]
+def _right(tokenizer, answers: list[torch.Tensor], records: list[dict[str, Any]]) -> tuple[list[bool], list[str]]:
+    """Per record, whether the answer is right, and the answer's text."""
+    texts = [normalise_answer(t) for t in tokenizer.batch_decode(answers, skip_special_tokens=True)]
+    return [t == normalise_answer(str(r["answer"])) for t, r in zip(texts, records, strict=True)], texts
+
+
+def _kept(model, n: int) -> list[list[int] | None]:
+    """Per sample of the last call, the kept visual-token indices (over its segments in order), or None where
+    the call did not compress (FastV prunes inside the LLM)."""
+    selections = model.last_compression
+    if selections is None:
+        return [None] * n
+    return [sorted(int(i) for kept in s.kept for i in kept.tolist()) for s in selections]
+
+
+def _groups(record: dict[str, Any]) -> list[str]:
+    """The result groups a record counts in besides ``all``: its ``qtype``, and its prompt order where the record
+    says (``question_first``: ``question_before`` / ``question_after`` the image(s))."""
+    out = [] if record["qtype"] == "all" else [record["qtype"]]
+    if "question_first" in record:
+        out.append("question_before" if record["question_first"] else "question_after")
+    return out
 
 
 def _segment_sizes(model, inputs: dict[str, torch.Tensor]) -> list[list[int]]:
@@ -131,12 +151,13 @@ def _preset(method: str, batch: _Batch) -> list[torch.Tensor]:
         return out
     out = []
     for sizes, record in zip(batch.segment_sizes, batch.records, strict=True):
-        if len(sizes) != 1:
-            raise ValueError(
-                f"the `oracle` method needs one visual segment per sample (evidence indexes one image), got a sample "
-                f"with {len(sizes)}; leave `oracle` out of `methods` for this data"
-            )
-        out.append(oracle_scores(sizes[0], list(record["evidence"])))
+        evidence, start = list(record["evidence"]), 0  # indices over the sample's segments, one after the other
+        bad = [i for i in evidence if not 0 <= i < sum(sizes)]
+        if bad:
+            raise ValueError(f"`evidence` indices must be in [0, {sum(sizes)}) (the sample's visual tokens), got {bad}")
+        for n in sizes:
+            out.append(oracle_scores(n, [i - start for i in evidence if start <= i < start + n]))
+            start += n
     return out
 
 
@@ -195,12 +216,14 @@ def evaluate(
         compressor: the learned compressor (``ours``); required when ``ours`` is among the methods.
 
     Returns:
-        A JSON-able dict: ``accuracy[method][keep][qtype]`` (``qtype`` includes ``"all"``), ``retention`` (same
-        layout, accuracy / uncompressed accuracy; None where the uncompressed accuracy is 0),
+        A JSON-able dict: ``accuracy[method][keep][group]`` (groups: ``"all"``, each ``qtype``, each prompt
+        order), ``retention`` (same layout, accuracy / uncompressed accuracy; None where the uncompressed accuracy
+        is 0),
         ``visual_tokens[keep]`` (mean kept per sample),
         ``flops[method][keep]`` (:func:`prefill_flops` of the first sample; ``flops["none"]["1.0"]``: uncompressed),
-        ``counts[qtype]``, ``settings``, and ``samples``: per record (in order) whether the uncompressed model and
-        each method at each keep answered right.
+        ``counts[qtype]``, ``settings``, and ``samples``: per record (in order) its groups, the expected answer,
+        and for the uncompressed model and each method at each keep whether it answered right (``methods``), its
+        answer (``answers``) and the kept visual-token indices (``kept``; None for FastV, which prunes inside).
 
     With ``world_size`` > 1 (one call per process, e.g. under ``accelerate launch``) process ``rank`` evaluates
     the batches ``i % world_size == rank``; ``gather`` (e.g. accelerate's ``gather_object``) collects every
@@ -250,7 +273,10 @@ def evaluate(
     starts = list(range(0, len(records), settings.batch_size))[rank::world_size]
     batches = [_Batch(records[i : i + settings.batch_size], {}) for i in starts]
     correct: dict[str, dict[float, list[bool]]] = {m: {} for m in methods}
+    given: dict[str, dict[float, list[str]]] = {m: {} for m in methods}
+    chosen: dict[str, dict[float, list[list[int] | None]]] = {m: {} for m in methods}
     full: list[bool] = []
+    full_answers: list[str] = []
     steps = len(batches) * (1 + len(methods) * len(keeps))
     bar = tqdm(total=steps, desc="evaluating", disable=not progress)
     try:
@@ -259,7 +285,9 @@ def evaluate(
             batch.inputs = build_batch(processor, batch.records)
             batch.segment_sizes = _segment_sizes(model, batch.inputs)
             answers = _answers(model, batch, settings.max_new_tokens)
-            full += _right(tokenizer, answers, batch.records)
+            right, texts = _right(tokenizer, answers, batch.records)
+            full += right
+            full_answers += texts
             if "teacher" in methods:
                 batch.teacher = visual_relevance(model, _on(model, batch.inputs), answers)
             if "occlusion" in methods:
@@ -272,6 +300,7 @@ def evaluate(
             model.config.selector = method if method in SELECTOR_METHODS else "auto"
             for keep in keeps:
                 hits = correct[method].setdefault(keep, [])
+                said, kept = given[method].setdefault(keep, []), chosen[method].setdefault(keep, [])
                 for start, batch in zip(starts, batches, strict=True):
                     model.config.token_keep = 1.0 if method == "fastv" else keep
                     if isinstance(model.compressor, RandomScores):  # the same draws whatever the process count
@@ -279,7 +308,12 @@ def evaluate(
                     if isinstance(model.compressor, PresetScores):
                         model.compressor.load(_preset(method, batch))
                     fastv = (keep, settings.fastv_k) if method == "fastv" else None
-                    hits += _right(tokenizer, _answers(model, batch, settings.max_new_tokens, fastv), batch.records)
+                    right, texts = _right(
+                        tokenizer, _answers(model, batch, settings.max_new_tokens, fastv), batch.records
+                    )
+                    hits += right
+                    said += texts
+                    kept += _kept(model, len(texts))
                     if isinstance(model.compressor, PresetScores) and model.compressor.queue:
                         raise RuntimeError(f"{method}: {len(model.compressor.queue)} preset segment(s) were not scored")
                     bar.update(1)
@@ -304,9 +338,14 @@ def evaluate(
         {
             "index": index,
             "qtype": records[index]["qtype"],
+            "groups": _groups(records[index]),
             "segment_tokens": sizes[i],
+            "expected": normalise_answer(str(records[index]["answer"])),
             "uncompressed": full[i],
+            "uncompressed_answer": full_answers[i],
             "methods": {m: {str(k): correct[m][k][i] for k in keeps} for m in methods},
+            "answers": {m: {str(k): given[m][k][i] for k in keeps} for m in methods},
+            "kept": {m: {str(k): chosen[m][k][i] for k in keeps} for m in methods},
         }
         for i, index in enumerate(mine)
     ]
@@ -319,13 +358,15 @@ def evaluate(
     correct = {m: {k: [sample["methods"][m][str(k)] for sample in samples] for k in keeps} for m in methods}
     total_tokens = sum(sum(sample["segment_tokens"]) for sample in samples)
     kept_tokens = {k: sum(keep_count(k, n) for sample in samples for n in sample["segment_tokens"]) for k in keeps}
-    qtypes = sorted({r["qtype"] for r in records} - {"all"})
+    member = [_groups(r) for r in records]
+    qtypes = [g for g in sorted({g for gs in member for g in gs}) if not g.startswith("question_")]
+    qtypes += [g for g in ("question_after", "question_before") if any(g in gs for gs in member)]
+    picks = {q: [i for i, gs in enumerate(member) if q in gs] for q in qtypes}
 
     def by_type(hits: list[bool]) -> dict[str, float]:
         out = {"all": sum(hits) / len(hits)}
         for q in qtypes:
-            sel = [h for h, r in zip(hits, records, strict=True) if r.get("qtype") == q]
-            out[q] = sum(sel) / len(sel)
+            out[q] = sum(hits[i] for i in picks[q]) / len(picks[q])
         return out
 
     base = by_type(full)
@@ -338,14 +379,13 @@ def evaluate(
     def intervals(hits: list[bool]) -> dict[str, list[float] | None]:
         out = {"all": retention_interval(hits, full, seed=settings.seed)}
         for q in qtypes:
-            pick = [i for i, r in enumerate(records) if r.get("qtype") == q]
-            out[q] = retention_interval([hits[i] for i in pick], [full[i] for i in pick], seed=settings.seed)
+            out[q] = retention_interval([hits[i] for i in picks[q]], [full[i] for i in picks[q]], seed=settings.seed)
         return out
 
     retention_ci = {m: {str(k): intervals(correct[m][k]) for k in keeps} for m in methods}
     return {
         "num_samples": len(records),
-        "counts": {"all": len(records)} | {q: sum(r.get("qtype") == q for r in records) for q in qtypes},
+        "counts": {"all": len(records)} | {q: len(picks[q]) for q in qtypes},
         "keeps": [1.0, *keeps],
         "methods": methods,
         "accuracy": accuracy,

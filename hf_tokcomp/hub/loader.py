@@ -28,7 +28,8 @@ def load_repo_compressor(repo: str | os.PathLike, config: TokCompConfig | None =
             f"`compressor`={str(repo)!r} has no {COMPRESSOR_WEIGHTS}; compressor repos are loaded from safetensors "
             "only. Re-save it with `save_pretrained(..., compressor_only=True)`."
         )
-    compressor = TokenCompressor(TokenCompressorConfig(**config.compressor))
+    # a repo written before the feature definition was versioned records none: None, refused by the runtime
+    compressor = TokenCompressor(TokenCompressorConfig(**{"features": None, **config.compressor}))
     state = load_file(weights)
     expected = set(compressor.state_dict())
     if set(state) != expected:

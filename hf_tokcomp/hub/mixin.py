@@ -18,7 +18,7 @@ from transformers.utils import cached_file
 
 from ..runtime.compressor import TokenCompressor
 from ..runtime.config import COMPRESSION_FIELDS
-from .resolve import check_repo_base, resolve_compressor
+from .resolve import check_feature_width, check_repo_base, resolve_compressor
 from .writer import push_compressor_repo, save_compressor_repo
 
 __all__ = ["CompressorHubMixin", "SAVED", "SAVED_COMPRESSOR_DIR", "SETTINGS_FILE"]
@@ -120,7 +120,7 @@ class CompressorHubMixin:
                 kwargs.setdefault(field, value)
         if compressor is SAVED:
             compressor = _saved_compressor(pretrained_model_name_or_path, kwargs)
-        resolved = resolve_compressor(compressor, cls.config_class.model_type, cls._tokcomp_in_channels)
+        resolved = resolve_compressor(compressor, cls.config_class.model_type)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         (loaded[0] if isinstance(loaded, tuple) else loaded)._tokcomp_attach(*resolved, str(compressor))
         return loaded
@@ -128,13 +128,14 @@ class CompressorHubMixin:
     def set_compressor(self, compressor: str | os.PathLike | nn.Module | None, **hub_kwargs: Any) -> None:
         """Attach a compressor: a saved directory or Hub id, a compressor-only repo, a module, or None
         (training-free). On any error the current compressor stays."""
-        resolved = resolve_compressor(compressor, self.config.model_type, self._tokcomp_in_channels, **hub_kwargs)
+        resolved = resolve_compressor(compressor, self.config.model_type, **hub_kwargs)
         self._tokcomp_attach(*resolved, str(compressor))
 
     def _tokcomp_attach(self, module: nn.Module | None, repo_config, name: str) -> None:
         """Check a compressor repo against this base (hidden size, revision), then attach on the model's device."""
         if repo_config is not None:
             check_repo_base(repo_config, name, self.config, getattr(self.config, "_commit_hash", None))
+        check_feature_width(module, name, self.config.get_text_config().num_attention_heads)
         self.compressor = None if module is None else module.to(self.device)
 
     def save_pretrained(

@@ -8,10 +8,11 @@ import warnings
 from torch import nn
 
 from ..runtime.compressor import TokenCompressor
+from ..runtime.features import compressor_spec
 from .config import TokCompConfig
 from .loader import is_compressor_repo, load_repo_compressor
 
-__all__ = ["resolve_compressor", "check_repo_base"]
+__all__ = ["resolve_compressor", "check_repo_base", "check_feature_width"]
 
 _HELP = (
     "Pass a directory or Hub id saved with `TokenCompressor.save_pretrained`, an `nn.Module` mapping "
@@ -20,9 +21,10 @@ _HELP = (
 
 
 def resolve_compressor(
-    spec: str | os.PathLike | nn.Module | None, model_type: str, in_channels: int = 1, **hub_kwargs
+    spec: str | os.PathLike | nn.Module | None, model_type: str, num_heads: int | None = None, **hub_kwargs
 ) -> tuple[nn.Module | None, TokCompConfig | None]:
-    """Load or check a compressor for a model of ``model_type`` whose runtime makes ``in_channels`` features.
+    """Load or check a compressor for a model of ``model_type`` with ``num_heads`` attention heads (None: the
+    feature width is checked later, by :func:`check_feature_width`).
 
     ``spec`` may be a ``TokenCompressor`` directory / Hub id, a compressor-only repo (``save_pretrained(...,
     compressor_only=True)``), a module, or None. Returns the module and, for a compressor-only repo, its
@@ -30,11 +32,12 @@ def resolve_compressor(
 
     Raises:
         ValueError: the weights are missing, incomplete or unreadable, the compressor was trained for another
-            model type, or its feature width differs. Never falls back to random or training-free scores.
+            model type, its feature definition is of another version, or its feature width differs. Never falls
+            back to random or training-free scores.
     """
     if spec is None or isinstance(spec, nn.Module):
         if isinstance(spec, TokenCompressor):
-            _check_compatible(spec, str(type(spec).__name__), model_type, in_channels)
+            _check_compatible(spec, str(type(spec).__name__), model_type, num_heads)
         return spec, None
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(
@@ -42,7 +45,7 @@ def resolve_compressor(
         )
     if is_compressor_repo(spec, **hub_kwargs):
         compressor, repo_config = load_repo_compressor(spec, **hub_kwargs)
-        _check_compatible(compressor, str(spec), model_type, in_channels, repo_config.base_model_type)
+        _check_compatible(compressor, str(spec), model_type, num_heads, repo_config.base_model_type)
         return compressor, repo_config
     try:
         compressor, info = TokenCompressor.from_pretrained(spec, output_loading_info=True, **hub_kwargs)
@@ -56,7 +59,7 @@ def resolve_compressor(
             f"`compressor`={str(spec)!r} has incomplete or mismatched weights ({problems}); refusing to run with "
             "randomly initialised layers. Re-save the compressor or pass a complete checkpoint."
         )
-    _check_compatible(compressor, str(spec), model_type, in_channels)
+    _check_compatible(compressor, str(spec), model_type, num_heads)
     return compressor.eval(), None
 
 
@@ -77,8 +80,22 @@ def check_repo_base(repo_config: TokCompConfig, name: str, base_config, base_rev
         )
 
 
+def check_feature_width(compressor: nn.Module | None, name: str, num_heads: int) -> None:
+    """Refuse a :class:`TokenCompressor` whose ``in_channels`` differ from what its feature definition makes on
+    a model with ``num_heads`` heads (one channel, or one per head)."""
+    if not isinstance(compressor, TokenCompressor):
+        return
+    expected = compressor_spec(compressor).channels(num_heads)
+    if compressor.config.in_channels != expected:
+        raise ValueError(
+            f"`compressor`={name!r} expects {compressor.config.in_channels} feature channels, but its feature "
+            f"definition {compressor.config.features!r} makes {expected} on this {num_heads}-head model. Use a "
+            "compressor trained for this model."
+        )
+
+
 def _check_compatible(
-    compressor: TokenCompressor, name: str, model_type: str, in_channels: int, repo_type: str | None = None
+    compressor: TokenCompressor, name: str, model_type: str, num_heads: int | None, repo_type: str | None = None
 ) -> None:
     cfg = compressor.config
     trained_for = repo_type or cfg.base_model_type
@@ -87,8 +104,9 @@ def _check_compatible(
             f"`compressor`={name!r} was trained for model_type {trained_for!r}, but this model is "
             f"{model_type!r}. Use a compressor trained for {model_type!r} (or None for training-free scores)."
         )
-    if cfg.in_channels != in_channels:
-        raise ValueError(
-            f"`compressor`={name!r} expects {cfg.in_channels} feature channels, but this model's runtime makes "
-            f"{in_channels}. Use a compressor trained with this hf_tokcomp feature width."
-        )
+    try:
+        compressor_spec(compressor)
+    except ValueError as err:
+        raise ValueError(f"`compressor`={name!r}: {err}") from None
+    if num_heads is not None:
+        check_feature_width(compressor, name, num_heads)

@@ -69,7 +69,7 @@ def save_compressor_repo(
     settings = {
         k: v
         for k, v in compressor.config.to_dict().items()
-        if k in ("in_channels", "channels", "kernel_size", "normalize_input", "base_model_type")
+        if k in ("in_channels", "channels", "kernel_size", "normalize_input", "base_model_type", "features")
     }
     settings["channels"] = list(settings["channels"])
     config = TokCompConfig(

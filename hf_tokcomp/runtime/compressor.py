@@ -13,6 +13,8 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
+from .features import DEFAULT_FEATURES
+
 __all__ = ["TokenCompressorConfig", "TokenCompressor"]
 
 
@@ -28,6 +30,10 @@ class TokenCompressorConfig(PreTrainedConfig):
             attention relative to uniform and works for any number of tokens.
         base_model_type: ``model_type`` of the MLLM the compressor was trained for (checked at load time).
         base_model_name_or_path: Hub id or path of that MLLM, for provenance.
+        features: the versioned layer-0 feature definition it was trained on (e.g. ``"v2:hybrid"``, see
+            :class:`~hf_tokcomp.runtime.features.FeatureSpec`); the runtime computes exactly that one and refuses
+            another version. A new config gets the runtime's default; a saved one without the field was made
+            before the definition was versioned and loads as None (refused by the runtime).
     """
 
     model_type = "tokcomp_compressor"
@@ -38,6 +44,12 @@ class TokenCompressorConfig(PreTrainedConfig):
     normalize_input: bool = True
     base_model_type: str | None = None
     base_model_name_or_path: str | None = None
+    features: str | None = DEFAULT_FEATURES.name
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """A saved config without ``features`` predates the versioned definition: it loads as None (refused)."""
+        return super().from_dict({"features": None, **config_dict}, **kwargs)
 
     def validate_architecture(self) -> None:
         if self.in_channels < 1:

@@ -1,17 +1,100 @@
-"""Layer-0 attention features: what the compressor reads, computed without running any full layer.
+"""Layer-0 attention features: what the selection reads, computed without running any full layer.
 
-For every sample, the rows are the instruction tokens (the text after the last visual token); the value of a
-key position is its layer-0 attention probability averaged over those rows and over heads. Only the layer-0
-norm and the q/k projections are evaluated, and q only on the instruction rows, so the cost is a small
-fraction of one decoder layer; the main pass keeps whatever attention kernel the user chose.
+For every visual segment, the rows are its instruction (:mod:`hf_tokcomp.runtime.instruction`: the user text of
+its turn, before or after it); the value of a visual token is the layer-0 attention probability it gets from
+those rows, averaged over the rows and over heads (or one channel per head). Only the layer-0 norm and the q/k
+projections are evaluated, and q only on the instruction rows, so the cost is a small fraction of one decoder
+layer; the main pass keeps whatever attention kernel the user chose.
+
+A row BEFORE the segment cannot attend to it in a causal LLM, so the attention matrix alone says nothing about
+it. The feature definition (:class:`FeatureSpec`) says how such rows are read:
+
+- ``causal``: the model's own causal attention (rows before the segment contribute 0);
+- ``noncausal``: every row's softmax over ALL prompt tokens (the same q / k, no causal mask);
+- ``hybrid``: causal for rows after the segment, non-causal for rows before it.
+
+The definition is versioned (:data:`FEATURES_VERSION`): label shards and compressors record the name they were
+made with (e.g. ``"v2:hybrid+heads"``) and a mismatch is refused.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-__all__ = ["answer_mask", "layer0_attention_features", "instruction_rows"]
+__all__ = [
+    "FEATURES_VERSION",
+    "FEATURE_MODES",
+    "FeatureSpec",
+    "DEFAULT_FEATURES",
+    "answer_mask",
+    "segment_features",
+    "last_token_attention",
+    "compressor_spec",
+]
+
+#: the version of the feature definition; bumped whenever what a given name computes changes
+FEATURES_VERSION = 2
+FEATURE_MODES = ("causal", "noncausal", "hybrid")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which layer-0 features: ``mode`` (see the module docstring) and ``per_head`` (one channel per attention
+    head instead of their mean; the head mean is their average, what the training-free selection reads)."""
+
+    mode: str = "hybrid"
+    per_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in FEATURE_MODES:
+            raise ValueError(f"feature `mode` must be one of {FEATURE_MODES}, got {self.mode!r}")
+
+    @property
+    def name(self) -> str:
+        """The versioned name recorded in label shards and compressor configs, e.g. ``"v2:hybrid+heads"``."""
+        return f"v{FEATURES_VERSION}:{self.mode}" + ("+heads" if self.per_head else "")
+
+    @classmethod
+    def parse(cls, name: str | None, what: str = "features") -> FeatureSpec:
+        """The spec a recorded ``name`` stands for; a name of another version (or none: made before the
+        definition was versioned, v1 = rows after the last visual token only) is refused with both versions."""
+        prefix = f"v{FEATURES_VERSION}:"
+        if not isinstance(name, str) or not name.startswith(prefix):
+            made = "v1 (unversioned: rows after the last visual token)" if name is None else repr(name)
+            raise ValueError(
+                f"{what} were made with layer-0 feature definition {made}, but this hf_tokcomp computes version "
+                f"{FEATURES_VERSION} ({', '.join(repr(f'{prefix}{m}') for m in FEATURE_MODES)}, optionally '+heads'); "
+                "features of different definitions are never mixed: re-label the data (`tokcomp label`) and retrain "
+                "the compressor (`tokcomp train`)."
+            )
+        body = name[len(prefix) :]
+        mode, heads = (body[: -len("+heads")], True) if body.endswith("+heads") else (body, False)
+        try:
+            return cls(mode, heads)
+        except ValueError as err:
+            raise ValueError(f"{what}: unknown layer-0 feature definition {name!r} ({err})") from err
+
+    def channels(self, num_heads: int) -> int:
+        """Feature channels per visual token for a model with ``num_heads`` attention heads."""
+        return num_heads if self.per_head else 1
+
+
+#: what the runtime computes when no compressor asks for another definition
+DEFAULT_FEATURES = FeatureSpec()
+
+
+def compressor_spec(compressor: nn.Module | None) -> FeatureSpec:
+    """The feature definition a compressor was trained on: its config's ``features`` (a compressor config
+    without one was made before the definition was versioned, and is refused); modules without a compressor
+    config get :data:`DEFAULT_FEATURES`."""
+    config = getattr(compressor, "config", None)
+    if config is None or not hasattr(config, "in_channels"):
+        return DEFAULT_FEATURES
+    what = f"the compressor ({type(compressor).__name__}) was trained on features that"
+    return FeatureSpec.parse(getattr(config, "features", None), what=what)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -52,67 +135,29 @@ def answer_mask(input_ids: torch.Tensor, labels: torch.Tensor, answer_start_ids:
     return torch.where(last >= 0, after_header, labelled)
 
 
-def instruction_rows(visual_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The query rows of the features: real tokens after each sample's last visual token.
-
-    Args:
-        visual_mask: ``(B, L)`` bool, True on visual tokens.
-        attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding.
-
-    Returns:
-        ``(B, L)`` bool. Samples without visual tokens get no rows.
-    """
-    seq = torch.arange(visual_mask.shape[1], device=visual_mask.device)
-    last_visual = torch.where(visual_mask, seq, -1).amax(dim=1, keepdim=True)
-    rows = (seq > last_visual) & attention_mask.bool() & (last_visual >= 0)
-    has_visual = visual_mask.any(dim=1)
-    missing = has_visual & ~rows.any(dim=1)
-    if missing.any():
-        raise ValueError(
-            f"sample(s) {missing.nonzero().flatten().tolist()} have no instruction tokens after their last visual "
-            "token; the layer-0 features need some (with `labels`, the answer never counts: it starts after "
-            "`config.answer_start_ids` where the sequence holds them, else it is every labelled token). Put the "
-            "question after the image/video, set `model.config.answer_start_ids` to your chat template's "
-            "generation prompt ids (or mask the prompt in `labels` with -100), or set `token_keep=1.0`."
-        )
-    return rows
+def _rows_block(
+    rows: torch.Tensor, sample: torch.Tensor, batch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every sample's rows (the union over its segments), packed to the left: ``(B, R)`` positions (padded with
+    the last one), ``(B, R)`` validity, and ``(S, R)`` which of its sample's packed rows each segment uses."""
+    union = torch.zeros(batch, rows.shape[1], device=rows.device).index_add_(0, sample, rows.float()) > 0
+    n_rows = union.sum(dim=1)
+    r_max = max(int(n_rows.max()), 1)
+    order = torch.sort(union.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :r_max]
+    valid = torch.arange(r_max, device=rows.device)[None, :] < n_rows[:, None]
+    mine = rows.gather(1, order[sample]) & valid[sample]
+    return order, valid, mine
 
 
-@torch.no_grad()
-def layer0_attention_features(
-    hidden: torch.Tensor,
-    layer: nn.Module,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    attention_mask: torch.Tensor,
-    rows: torch.Tensor,
+def _row_logits(
+    hidden: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor, order: torch.Tensor
 ) -> torch.Tensor:
-    """Attention each position receives at layer 0, averaged over the instruction rows and the heads.
-
-    Args:
-        hidden: ``(B, L, D)`` merged input embeddings (the LLM's input).
-        layer: decoder layer 0; needs ``input_layernorm`` and ``self_attn`` with ``q_proj``, ``k_proj``,
-            ``head_dim``, ``scaling`` (Llama/Qwen2 style), and ``q_norm`` / ``k_norm`` where it has them (Qwen3); a
-            gated ``q_proj`` (query and gate per head, Qwen3.5) and partial rotary tables are handled.
-        cos, sin: ``(B, L, head_dim)`` rotary tables at the original positions (M-RoPE already mixed in).
-        attention_mask: ``(B, L)`` 1 on real tokens, 0 on padding.
-        rows: ``(B, L)`` bool, the query rows to average (see :func:`instruction_rows`).
-
-    Returns:
-        ``(B, L)`` float32; entries of samples without rows are 0. Causal, padding-aware, and with the layer's
-        sliding window when it has one, like the model's own layer 0.
-    """
+    """``(B, H, R, L)`` float32 layer-0 attention logits of the rows at positions ``order`` ``(B, R)`` against
+    every key: the layer's own norm, q / k projections (gated q, q / k norms) and rotary tables ``(B, L, d)``."""
     attn = layer.self_attn
     batch, length, _ = hidden.shape
-    head_dim = attn.head_dim
+    head_dim, r_max = attn.head_dim, order.shape[1]
     h = layer.input_layernorm(hidden)
-
-    n_rows = rows.sum(dim=1)
-    r_max = max(int(n_rows.max()), 1)
-    # Row positions, packed to the left and padded with the last position (masked out below).
-    order = torch.sort(rows.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :r_max]
-    row_valid = torch.arange(r_max, device=hidden.device)[None, :] < n_rows[:, None]
-
     h_rows = h.gather(1, order[..., None].expand(-1, -1, h.shape[-1]))
     q = attn.q_proj(h_rows)
     k = attn.k_proj(h).view(batch, length, -1, head_dim)
@@ -129,15 +174,80 @@ def layer0_attention_features(
     q = _apply_rope(q, cos_rows, sin_rows)
     k = _apply_rope(k, cos.float(), sin.float())
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    return torch.matmul(q, k.transpose(-1, -2)) * attn.scaling
 
-    logits = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (B, H, R, L)
-    keys = torch.arange(length, device=hidden.device)
-    visible = attention_mask.bool()[:, None, :] & (keys[None, None, :] <= order[:, :, None])
-    window = getattr(attn, "sliding_window", None)
+
+@torch.no_grad()
+def last_token_attention(
+    hidden: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """``(B, L)`` float32: the attention the last position gives every key in ``layer`` (causal, padding-aware,
+    averaged over heads; FastV's signal). Arguments as :func:`segment_features`."""
+    length = hidden.shape[1]
+    order = torch.full((hidden.shape[0], 1), length - 1, device=hidden.device)
+    logits = _row_logits(hidden, layer, cos, sin, order)[:, :, 0]  # (B, H, L)
+    visible = attention_mask.bool()[:, None, :]
+    window = getattr(layer.self_attn, "sliding_window", None)
     if window:
-        visible &= keys[None, None, :] > order[:, :, None] - window
-    visible &= row_valid[:, :, None]
-    logits = logits.masked_fill(~visible[:, None], float("-inf"))
-    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows with no visible key (padding) -> 0
-    summed = probs.sum(dim=(1, 2))  # (B, L)
-    return summed / (n_rows.clamp_min(1) * probs.shape[1])[:, None].float()
+        visible = visible & (torch.arange(length, device=hidden.device) > length - 1 - window)
+    return torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0).mean(dim=1)
+
+
+@torch.no_grad()
+def segment_features(
+    hidden: torch.Tensor,
+    layer: nn.Module,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    rows: torch.Tensor,
+    sample: torch.Tensor,
+    index: torch.Tensor,
+    end: torch.Tensor,
+    spec: FeatureSpec = DEFAULT_FEATURES,
+) -> torch.Tensor:
+    """Layer-0 attention each visual token of each segment gets from the segment's instruction rows.
+
+    Args:
+        hidden: ``(B, L, D)`` merged input embeddings (the LLM's input).
+        layer: decoder layer 0; needs ``input_layernorm`` and ``self_attn`` with ``q_proj``, ``k_proj``,
+            ``head_dim``, ``scaling`` (Llama/Qwen2 style), and ``q_norm`` / ``k_norm`` where it has them (Qwen3); a
+            gated ``q_proj`` (query and gate per head, Qwen3.5) and partial rotary tables are handled.
+        cos, sin: ``(B, L, head_dim)`` rotary tables at the original positions (M-RoPE already mixed in).
+        prompt_mask: ``(B, L)`` 1 on real prompt tokens (the keys; padding and any answer 0).
+        rows: ``(S, L)`` bool, each segment's instruction rows (see :mod:`hf_tokcomp.runtime.instruction`).
+        sample: ``(S,)`` each segment's sample; ``index``: ``(S, N)`` its token positions (padding repeats the last);
+            ``end``: ``(S,)`` the position after its last token.
+        spec: the feature definition.
+
+    Returns:
+        ``(S, C, N)`` float32, ``C`` = 1 (head mean) or the number of heads. Keys are padding-aware and, like the
+        model's layer 0, limited to its sliding window when it has one.
+    """
+    length = hidden.shape[1]
+    order, row_valid, mine = _rows_block(rows, sample, hidden.shape[0])
+    logits = _row_logits(hidden, layer, cos, sin, order)  # (B, H, R, L)
+    keys = torch.arange(length, device=hidden.device)[None, None, :]
+    visible = prompt_mask.bool()[:, None, :] & row_valid[:, :, None]  # (B, R, L)
+    window = getattr(layer.self_attn, "sliding_window", None)
+    if window:
+        visible &= (keys - order[:, :, None]).abs() < window
+    probs = {}
+    if spec.mode in ("causal", "hybrid"):
+        causal = visible & (keys <= order[:, :, None])
+        probs["causal"] = torch.softmax(logits.masked_fill(~causal[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
+    if spec.mode in ("noncausal", "hybrid"):
+        probs["noncausal"] = torch.softmax(logits.masked_fill(~visible[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
+
+    def at_segments(p: torch.Tensor) -> torch.Tensor:  # (B, H, R, L) -> (S, H, R, N)
+        p = p[sample]
+        return p.gather(3, index[:, None, None, :].expand(-1, p.shape[1], p.shape[2], -1))
+
+    if spec.mode == "hybrid":
+        after = order[sample] >= end[:, None]  # (S, R) rows after the segment read it causally
+        chosen = torch.where(after[:, None, :, None], at_segments(probs["causal"]), at_segments(probs["noncausal"]))
+    else:
+        chosen = at_segments(probs[spec.mode])
+    weights = mine.float() / mine.sum(dim=1, keepdim=True).clamp_min(1)  # (S, R) mean over the segment's rows
+    out = torch.einsum("shrn,sr->shn", chosen, weights)
+    return out if spec.per_head else out.mean(dim=1, keepdim=True)

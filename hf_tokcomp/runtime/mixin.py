@@ -20,7 +20,7 @@ from torch import nn
 from .compression import CompressedBatch, compress_batch
 from .config import as_config_class, check_token_keep
 from .continuation import CompressedPrompt, attach_prompt, prompt_of
-from .features import answer_mask, instruction_rows, layer0_attention_features
+from .features import DEFAULT_FEATURES, FeatureSpec, answer_mask, compressor_spec, segment_features
 from .generation import (
     PromptSwapStreamer,
     check_generate_options,
@@ -28,7 +28,8 @@ from .generation import (
     lengths_as_new_tokens,
     with_caller_prompt,
 )
-from .scoring import LazySelections, pack_segments, segment_batch
+from .instruction import TurnLayout, segment_instruction_rows, turn_layout
+from .scoring import LazySelections, SegmentBlock, pack_segments, segment_batch
 from .selection import SampleSelection, keep_count
 from .selectors import SELECTORS, Selector, resolve_selector
 
@@ -82,8 +83,6 @@ class TokenCompressionMixin:
     _tokcomp_pixel_keys: tuple[str, ...] = ()
     #: every keyword argument the compression consumes (pixels, grids, token types); dropped once merged
     _tokcomp_visual_keys: tuple[str, ...] = ()
-    #: feature channels the runtime makes per visual token
-    _tokcomp_in_channels: int = 1
 
     def __init__(self, config, *args: Any, **kwargs: Any) -> None:
         """Accepts the stock config too (converted to the family's ``config_class``, which adds ``token_keep``)."""
@@ -224,36 +223,61 @@ class TokenCompressionMixin:
         merged = self._tokcomp_merge(input_ids, visual)
         return self._tokcomp_select(merged, input_ids, attention_mask, position_ids, labels, visual, left_padding)
 
+    def _tokcomp_turn_layout(self) -> TurnLayout:
+        """The chat template's turn markers (see :func:`~hf_tokcomp.runtime.instruction.turn_layout`)."""
+        return turn_layout(self.config)
+
+    def _tokcomp_feature_spec(self, selector: str) -> FeatureSpec:
+        """The feature definition the selection reads: the learned compressor's own, else the default."""
+        override = self.__dict__.get("_tokcomp_features_override")  # benchmarks comparing definitions
+        if override is not None:
+            return override
+        return compressor_spec(self.compressor) if selector == "learned" else DEFAULT_FEATURES
+
     def _tokcomp_features(
         self,
         merged: MergedInputs,
+        block: SegmentBlock,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
+        spec: FeatureSpec = DEFAULT_FEATURES,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, L)`` layer-0 attention features of every position (see :mod:`hf_tokcomp.runtime.features`) and
-        ``(B, L)`` bool the instruction rows they average over,
+        """``(S, C, N)`` layer-0 features of every segment's tokens (see :mod:`hf_tokcomp.runtime.features`) and
+        ``(S, L)`` bool the instruction rows they average over (:mod:`hf_tokcomp.runtime.instruction`),
         computed in eval mode and outside autocast (no dropout, no mixed-precision rounding: training, e.g. under
         accelerate's bf16 autocast, selects what generation selects). With ``labels``, the
-        answer (see :func:`answer_mask`) is never a query row: the selection must not see it."""
+        answer (see :func:`answer_mask`) is never a row nor a key: the selection must not see it."""
         cos, sin = self._tokcomp_rotary(merged.inputs_embeds, position_ids)
         prompt = attention_mask
         if labels is not None:
             prompt = attention_mask * ~answer_mask(input_ids, labels, self.config.answer_start_ids)
-        rows = instruction_rows(merged.visual_mask, prompt)
+        end = block.start + torch.tensor(block.lengths, device=block.start.device, dtype=block.start.dtype)
+        rows = segment_instruction_rows(
+            input_ids, merged.visual_mask, prompt, block.sample, block.start, end, self._tokcomp_turn_layout()
+        )
         layer0 = self._tokcomp_decoder_layer0()
         with eval_mode(layer0), torch.autocast(merged.inputs_embeds.device.type, enabled=False):
-            return layer0_attention_features(merged.inputs_embeds, layer0, cos, sin, attention_mask, rows), rows
+            features = segment_features(
+                merged.inputs_embeds, layer0, cos, sin, prompt, rows, block.sample, block.index, end, spec
+            )
+        return features.masked_fill(~block.mask[:, None, :], 0.0), rows
 
     @torch.no_grad()
     def compressor_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **visual: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        features: FeatureSpec | str | None = None,
+        **visual: Any,
     ) -> list[list[tuple[str, torch.Tensor]]]:
         """The compressor's input, exactly as the runtime computes it (what label shards store).
 
         Args:
             input_ids, attention_mask: ``(B, L)`` processor output; ``**visual``: its pixel / grid entries.
+            features: the feature definition (a :class:`~hf_tokcomp.runtime.features.FeatureSpec` or its
+                versioned name); None = the one the runtime uses for the current compressor.
 
         Returns:
             Per sample, per visual segment in order, ``(kind, features)``: ``"image"`` or ``"video"`` and the
@@ -261,11 +285,20 @@ class TokenCompressionMixin:
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if isinstance(features, str):
+            features = FeatureSpec.parse(features)
+        spec = features or self._tokcomp_feature_spec(
+            resolve_selector(self.config.selector, self.compressor is not None)
+        )
         visual = {k: visual.get(k) for k in self._tokcomp_visual_keys}
         merged = self._tokcomp_merge(input_ids, visual)
         positions = self._tokcomp_positions(input_ids, attention_mask, visual, None)
-        features = self._tokcomp_features(merged, input_ids, attention_mask, positions)[0].cpu()
-        return [[(kind, features[b, s:e][None]) for kind, s, e in segs] for b, segs in enumerate(merged.segments)]
+        block = pack_segments(merged.segments, input_ids.device)
+        values = self._tokcomp_features(merged, block, input_ids, attention_mask, positions, spec=spec)[0].cpu()
+        out: list[list[tuple[str, torch.Tensor]]] = [[] for _ in merged.segments]
+        for s, ((b, _), kind, n) in enumerate(zip(block.places, block.kinds, block.lengths, strict=True)):
+            out[b].append((kind, values[s, :, :n]))
+        return out
 
     def _tokcomp_select(
         self,
@@ -283,9 +316,10 @@ class TokenCompressionMixin:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         position_ids = self._tokcomp_positions(input_ids, attention_mask, visual, position_ids)
-        features, rows = self._tokcomp_features(merged, input_ids, attention_mask, position_ids, labels)
-        block = pack_segments(merged.segments, features.device)
+        block = pack_segments(merged.segments, input_ids.device)
         name = resolve_selector(self.config.selector, self.compressor is not None)
+        spec = self._tokcomp_feature_spec(name)
+        features, rows = self._tokcomp_features(merged, block, input_ids, attention_mask, position_ids, labels, spec)
         counts = [keep_count(self.config.token_keep, n) for n in block.lengths]
         selector = self._tokcomp_selector(name)
         inputs = segment_batch(block, merged.inputs_embeds, merged.grids, features, rows, selector.reads_embeddings)

@@ -65,12 +65,12 @@ def segment_batch(
         block: the packed segments.
         embeds: ``(B, L, D)`` the merged LLM input.
         grids: ``(sample, start) -> (t, h, w)`` where the family knows a segment's grid.
-        features: ``(B, L)`` layer-0 features.
-        rows: ``(B, L)`` bool, the instruction rows of each sample.
+        features: ``(S, C, N)`` layer-0 features of the segments' tokens.
+        rows: ``(S, L)`` bool, the instruction rows of each segment.
         with_embeddings: gather ``embeds`` / ``query`` / ``query_mask`` (else they are None).
     """
     batch = SegmentBatch(
-        features=features[block.sample[:, None], block.index].masked_fill(~block.mask, 0.0),
+        features=features,
         mask=block.mask,
         lengths=block.lengths,
         grids=[grids.get(place, (1, 1, n)) for place, n in zip(block.places, block.lengths, strict=True)],
@@ -79,10 +79,9 @@ def segment_batch(
         n_rows = rows.sum(dim=1)
         most = max(int(n_rows.max()), 1)
         order = torch.sort(rows.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :most]
-        query = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))  # (B, R, D)
-        query_mask = torch.arange(most, device=rows.device)[None, :] < n_rows[:, None]
+        batch.query = embeds[block.sample[:, None], order]  # (S, R, D)
+        batch.query_mask = torch.arange(most, device=rows.device)[None, :] < n_rows[:, None]
         batch.embeds = embeds[block.sample[:, None], block.index]
-        batch.query, batch.query_mask = query[block.sample], query_mask[block.sample]
     return batch
 
 

@@ -56,7 +56,8 @@ def merge_ranks(out: str | os.PathLike, world_size: int) -> dict[str, Any]:
         if not path.is_file():
             raise LabelError(f"{path} is missing: process {rank} of {world_size} did not finish; rerun to resume it")
         parts.append(json.loads(path.read_text()))
-    keys = ("format", "model_type", "model_name_or_path", "hidden_size", "feature_channels", "data_fingerprint")
+    keys = ("format", "model_type", "model_name_or_path", "hidden_size", "features", "feature_channels")
+    keys += ("data_fingerprint",)
     keys += ("teacher", "num_records", "shard_size")  # the order of a one-process manifest
     first = parts[0]
     for rank, part in enumerate(parts):

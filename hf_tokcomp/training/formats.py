@@ -1,7 +1,7 @@
 """Conversation formats people keep their data in, turned into the records ``tokcomp`` reads.
 
 A record is ``{"image": path | PIL image | [...], "question": str, "answer": str (optional), ...}`` (or
-``"video"``). Also accepted, per sample:
+``"video"``); the question follows the image(s) unless ``"question_first": true``. Also accepted, per sample:
 
 - ``messages`` (TRL / HF chat templates): a list of ``{"role", "content"}`` turns whose content is a string or a
   list of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts, with the images in an ``images`` (or

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..runtime.features import DEFAULT_FEATURES, FeatureSpec
 from ..teachers.gae import greedy_answers, visual_relevance
 from ..teachers.occlusion import occlusion_relevance
 from .formats import normalise_record, open_image
@@ -136,14 +137,16 @@ def build_inputs(processor, record: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def build_batch(processor, records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Processor output for a left-padded batch of records (each: its image(s) / video, then the question)."""
+    """Processor output for a left-padded batch of records (each: its image(s) / video, then the question; the
+    question first where the record's ``question_first`` is true)."""
     texts, images, videos = [], [], []
     for record in records:
         own = record.get("image")
         own = [] if own is None else [open_image(i) for i in (own if isinstance(own, list) else [own])]
         video = record.get("video")
         content = [{"type": "image"} for _ in own] + ([{"type": "video"}] if video is not None else [])
-        content.append({"type": "text", "text": record["question"]})
+        text = {"type": "text", "text": record["question"]}
+        content = [text, *content] if record.get("question_first") else [*content, text]
         texts.append(
             processor.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
@@ -206,6 +209,7 @@ def label_dataset(
     teacher: str = "gae",
     rank: int = 0,
     world_size: int = 1,
+    features: FeatureSpec | str | None = None,
 ) -> dict[str, Any]:
     """Label ``records`` into ``out`` (resuming if ``out`` holds a manifest for the same model and data).
 
@@ -215,7 +219,8 @@ def label_dataset(
     then writes the ``manifest.json`` a one-process run would have written.
 
     Each sample: the model answers greedily (uncompressed); with a reference ``answer`` a wrong answer is skipped
-    and counted; the features are the runtime's :meth:`compressor_features`; the target is
+    and counted; the features are the runtime's :meth:`compressor_features` of the definition ``features``
+    (recorded in the manifest, so that a compressor trained on them computes the same ones); the target is
     :func:`~hf_tokcomp.explain.visual_relevance` (``teacher="gae"``, the paper's) or
     :func:`~hf_tokcomp.occlusion.occlusion_relevance` (``teacher="occlusion"``) for the model's own answer tokens.
 
@@ -228,6 +233,11 @@ def label_dataset(
         raise LabelError(f"--shard-size must be >= 1, got {shard_size}")
     if teacher not in TEACHERS:
         raise LabelError(f"--teacher must be one of {list(TEACHERS)}, got {teacher!r}")
+    try:
+        spec = FeatureSpec.parse(features, what="--features") if isinstance(features, str) else features
+        spec = spec or DEFAULT_FEATURES
+    except ValueError as err:
+        raise LabelError(str(err)) from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = {
@@ -235,7 +245,8 @@ def label_dataset(
         "model_type": model.config.model_type,
         "model_name_or_path": model_name or getattr(model.config, "_name_or_path", None),
         "hidden_size": model.config.get_text_config().hidden_size,
-        "feature_channels": model._tokcomp_in_channels,
+        "features": spec.name,
+        "feature_channels": spec.channels(model.config.get_text_config().num_attention_heads),
         "data_fingerprint": _fingerprint(records),
         "teacher": teacher,
         "num_records": len(records),
@@ -306,7 +317,7 @@ def label_dataset(
     for index in bar:
         record = records[index]
         inputs = {k: v.to(model.device) for k, v in build_inputs(processor, record).items()}
-        segments = model.compressor_features(**inputs)[0]
+        segments = model.compressor_features(**inputs, features=spec)[0]
         if not segments:
             counts["skipped_no_visual"] += 1
         else:
@@ -349,6 +360,10 @@ def load_label_dir(path: str | os.PathLike) -> tuple[dict[str, Any], list[LabelS
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format") != _FORMAT:
         raise LabelError(f"--labels {str(path)!r}: label format {manifest.get('format')} is not {_FORMAT}")
+    try:
+        FeatureSpec.parse(manifest.get("features"), what=f"the labels in {str(path)!r}")
+    except ValueError as err:
+        raise LabelError(str(err)) from None
     segments: list[LabelSegment] = []
     kinds = {v: k for k, v in _KINDS.items()}
     for shard in manifest["shards"]:

@@ -119,12 +119,12 @@ def _split(segments: list[LabelSegment], fraction: float, seed: int):
 
 
 def load_label_dirs(paths: list[str | os.PathLike]) -> tuple[dict[str, Any], list[LabelSegment]]:
-    """Segments of one or more label directories, refusing to mix models or feature widths."""
+    """Segments of one or more label directories, refusing to mix models, feature definitions or widths."""
     manifest, segments = None, []
     for path in paths:
         m, s = load_label_dir(path)
         if manifest is not None:
-            for key in ("model_type", "hidden_size", "feature_channels"):
+            for key in ("model_type", "hidden_size", "features", "feature_channels"):
                 if m.get(key) != manifest.get(key):
                     raise LabelError(
                         f"--labels {str(path)!r} was made for {key}={m.get(key)!r}, the first for "
@@ -179,6 +179,7 @@ def train_compressor(
     torch.manual_seed(args.seed)
     config = TokenCompressorConfig(
         in_channels=manifest["feature_channels"],
+        features=manifest["features"],
         base_model_type=manifest["model_type"],
         base_model_name_or_path=manifest.get("model_name_or_path"),
         **args.compressor,

@@ -15,4 +15,4 @@ class AttentionSelector(ScoreSelector):
     name = "attention"
 
     def score(self, batch: SegmentBatch) -> torch.Tensor:
-        return batch.features
+        return batch.features.mean(dim=1)  # the head mean (channels are heads or their mean already)

@@ -23,14 +23,15 @@ class SegmentBatch:
     """What the runtime has for every visual segment of a batch when it selects.
 
     Attributes:
-        features: ``(S, N)`` float32 layer-0 attention features (the attention each token receives).
+        features: ``(S, C, N)`` float32 layer-0 attention features (the attention each token receives from the
+            segment's instruction; ``C`` = 1, their head mean, or one channel per head; 0 on padding).
         mask: ``(S, N)`` bool, True on real tokens.
         lengths: per segment its number of tokens ``n``.
         grids: per segment its ``(t, h, w)`` token grid (``t * h * w == n``), or ``(1, 1, n)`` where the family
             has no grid for it (LLaVA-OneVision's anyres layout).
         embeds: ``(S, N, D)`` the segment's visual embeddings at the LLM input; only for selectors whose
             :attr:`Selector.reads_embeddings` is True (else None), like ``query`` and ``query_mask``.
-        query: ``(S, R, D)`` the embeddings of the segment's instruction rows (its sample's), at the LLM input.
+        query: ``(S, R, D)`` the embeddings of the segment's instruction rows, at the LLM input.
         query_mask: ``(S, R)`` bool, True on real rows.
         layer0: the LLM's decoder layer 0 (for methods that read its keys), or None.
         compressor: the model's scoring module, or None.

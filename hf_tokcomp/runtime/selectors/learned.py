@@ -57,11 +57,11 @@ class LearnedSelector(ScoreSelector):
         params = next(compressor.parameters(), None)
         x = x if params is None else x.to(params.device, params.dtype)
         if _takes_mask(compressor):
-            scores = _checked(compressor(x[:, None, :], mask=batch.mask.to(x.device)), tuple(x.shape))
+            scores = _checked(compressor(x, mask=batch.mask.to(x.device)), (x.shape[0], x.shape[2]))
         else:
             rows = []
             for s, n in enumerate(batch.lengths):
-                one = _checked(compressor(x[s : s + 1, None, :n]), (1, n))
-                rows.append(torch.nn.functional.pad(one[0].float().to(batch.features.device), (0, x.shape[1] - n)))
-            scores = torch.stack(rows) if rows else x.float()
+                one = _checked(compressor(x[s : s + 1, :, :n]), (1, n))
+                rows.append(torch.nn.functional.pad(one[0].float().to(batch.features.device), (0, x.shape[2] - n)))
+            scores = torch.stack(rows) if rows else x[:, 0].float()
         return scores.float().to(batch.features.device)  # the base checks them for nan / inf
