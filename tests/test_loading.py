@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hf_tokcomp import TokenCompressor, TokenCompressorConfig
-from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs, tiny_qwen_config
 
 from .conftest import FAMILIES
 
@@ -80,6 +80,53 @@ def test_compressor_from_directory_scores_the_tokens(stock_checkpoint, family, t
 def test_compressor_for_another_model_is_refused(stock_checkpoint, family, tmp_path, config, match):
     _saved_compressor(tmp_path, **config)
     with pytest.raises(ValueError, match=match):
+        FAMILIES[family][1].from_pretrained(stock_checkpoint[1], compressor=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("features", "match"),
+    [
+        (None, "v1 \\(unversioned"),  # saved before the definition was versioned
+        ("v1:hybrid", "'v1:hybrid', but this hf_tokcomp computes version 2"),
+        ("v3:hybrid", "'v3:hybrid', but this hf_tokcomp computes version 2"),
+    ],
+)
+def test_compressor_of_another_feature_version_is_refused_naming_both(
+    stock_checkpoint, family, tmp_path, features, match
+):
+    """A compressor records the feature definition it was trained on; another version is never run."""
+    saved = _saved_compressor(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    if features is None:
+        del config["features"]
+    else:
+        config["features"] = features
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=match):
+        FAMILIES[family][1].from_pretrained(stock_checkpoint[1], compressor=tmp_path)
+    model = FAMILIES[family][1].from_pretrained(stock_checkpoint[1], token_keep=0.5)
+    saved.config.features = features
+    model.compressor = saved  # assigned directly: refused when it is used
+    with pytest.raises(ValueError, match=match), torch.no_grad():
+        model(**make_qwen_inputs([SAMPLE], model.config))
+
+
+def test_a_per_head_compressor_reads_one_channel_per_head(stock_checkpoint, family, tmp_path):
+    """``v2:hybrid+heads`` takes as many channels as the LLM has heads, and the runtime feeds it exactly the
+    per-head features the labels would hold."""
+    heads = tiny_qwen_config(family).text_config.num_attention_heads
+    _saved_compressor(tmp_path, features="v2:hybrid+heads", in_channels=heads)
+    model = FAMILIES[family][1].from_pretrained(stock_checkpoint[1], token_keep=0.5, compressor=tmp_path)
+    inputs = make_qwen_inputs([SAMPLE], model.config)
+    seen = []
+    model.compressor.register_forward_hook(lambda module, args, kwargs, out: seen.append(args[0]), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+        expected = model.compressor_features(**inputs, features="v2:hybrid+heads")[0][0][1]
+    assert seen[0].shape[1] == heads
+    torch.testing.assert_close(seen[0][0, :, : expected.shape[-1]], expected)
+    _saved_compressor(tmp_path, features="v2:hybrid+heads", in_channels=1)
+    with pytest.raises(ValueError, match=f"makes {heads} on this {heads}-head model"):
         FAMILIES[family][1].from_pretrained(stock_checkpoint[1], compressor=tmp_path)
 
 

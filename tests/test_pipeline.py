@@ -14,7 +14,7 @@ from hf_tokcomp import TokenCompressor
 from hf_tokcomp.cli import main as tokcomp
 from hf_tokcomp.processor import load_processor, word_level_qwen_processor
 from hf_tokcomp.testing.tiny_qwen import tiny_qwen_config
-from hf_tokcomp.training.labels import build_inputs, label_dataset, load_label_dir, read_records
+from hf_tokcomp.training.labels import LabelError, build_inputs, label_dataset, load_label_dir, read_records
 from hf_tokcomp.training.train import (
     TrainArguments,
     evaluate_segments,
@@ -499,3 +499,26 @@ def test_review_fixes_for_labelling(workspace, tmp_path):
 
     record = normalise_record({"question": "what ?", "images": ["a.png"]})
     assert record["image"] == "a.png" and "images" not in record
+
+
+@pytest.mark.parametrize(
+    ("features", "match"),
+    [(None, "v1 \\(unversioned"), ("v3:hybrid", "'v3:hybrid', but this hf_tokcomp computes version 2")],
+)
+def test_labels_of_another_feature_version_are_refused_naming_both(tmp_path, features, match):
+    _synthetic_labels(tmp_path / "labels")
+    manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
+    manifest["features"] = features
+    (tmp_path / "labels" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LabelError, match=match):
+        train_compressor(tmp_path / "labels", tmp_path / "out", TrainArguments(epochs=1), progress=False)
+
+
+def test_labels_of_two_feature_definitions_are_not_mixed(tmp_path):
+    _synthetic_labels(tmp_path / "a")
+    _synthetic_labels(tmp_path / "b")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["features"] = "v2:noncausal"
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LabelError, match="features='v2:noncausal', the first for 'v2:hybrid'"):
+        train_compressor([tmp_path / "a", tmp_path / "b"], tmp_path / "out", TrainArguments(epochs=1), progress=False)

@@ -8,7 +8,9 @@ the vision tower runs once per image; each question stands after or before its i
 
 The recipe (facts from a held-out organism of this size, which answered all its test questions after ~74 min):
 - a resolution curriculum (:data:`STAGES`: 4 x 4 -> 6 x 6 -> 8 x 8 -> 12 x 12 grids, then more objects); a stage
-  ends when the running training accuracy passes ``--advance-at`` (or after ``--stage-budget`` steps);
+  ends when the running training accuracy passes ``--advance-at`` (or after its budget, ``--stage-budget`` x 12 /
+  grid steps: a first run with one budget for every stage left the small grids before anything but the answer
+  priors was learned, and stalled near 40%);
 - question types that lag drawn more often (weight 0.2 + their running error rate);
 - training-only auxiliary heads (:mod:`~hf_tokcomp.organism.aux_targets`): on the vision output, each cell's
   content; inside the LLM after layer ``--aux-layer``, each object's left-neighbour colour, the object above it,
@@ -45,9 +47,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .aux_targets import AUX_CLASSES, cell_classes, relation_targets
 from .model import encode_samples, organism_config, organism_processor
-from .task import SINGLE_IMAGE_TYPES, TRAINING_TYPES, Sample, ask, draw, make_scene, make_split
+from .task import GRID, SINGLE_IMAGE_TYPES, TRAINING_TYPES, Sample, ask, draw, make_scene, make_split
 
-__all__ = ["OrganismTrainArguments", "train_organism", "answer_accuracy", "validate", "main"]
+__all__ = ["OrganismTrainArguments", "train_organism", "export_checkpoint", "answer_accuracy", "validate", "main"]
 
 #: (grid, min objects, max objects) per curriculum stage; the last is the test distribution
 STAGES = ((4, 1, 2), (4, 2, 5), (6, 3, 9), (8, 5, 14), (12, 8, 18), (12, 10, 24))
@@ -56,18 +58,18 @@ STAGES = ((4, 1, 2), (4, 2, 5), (6, 3, 9), (8, 5, 14), (12, 8, 18), (12, 10, 24)
 @dataclass
 class OrganismTrainArguments:
     out: str
-    steps: int = 7000
+    steps: int = 10000
     scenes_per_step: int = 8
     questions_per_scene: int = 8
     lr: float = 1.5e-3
     warmup: int = 200
-    decay_steps: int = 1200
+    decay_steps: int = 1000
     hidden_size: int = 128
     num_layers: int = 4
     aux_layer: int = 2
     advance_at: float = 0.9
     stage_min: int = 200
-    stage_budget: int = 1200
+    stage_budget: int = 1000
     pair_every: int = 6
     aux_weight: float = 0.5
     vision_warmup: int = 400
@@ -147,8 +149,9 @@ def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def validate(model, processor, samples: list[Sample], batch_size: int = 100, blank: bool = False) -> dict[str, float]:
-    """Greedy answer accuracy per question type (and ``all``) on ``samples`` (with ``blank``: every image
-    replaced by an empty background, the control that shows the model uses the image)."""
+    """Greedy answer accuracy per question type, per prompt order (``question_before`` / ``question_after``)
+    and ``all`` on ``samples`` (with ``blank``: every image replaced by an empty background, the control that
+    shows the model uses the image)."""
     training = model.training
     model.eval()
     hits: dict[str, list[bool]] = {}
@@ -158,10 +161,18 @@ def validate(model, processor, samples: list[Sample], batch_size: int = 100, bla
         labels = batch.pop("labels")
         correct = answer_accuracy(model(**batch).logits, labels)
         for sample, ok in zip(chunk, correct.tolist(), strict=True):
-            hits.setdefault(sample.qtype, []).append(ok)
-            hits.setdefault("all", []).append(ok)
+            order = "question_before" if sample.question_first else "question_after"
+            for group in (sample.qtype, order, "all"):
+                hits.setdefault(group, []).append(ok)
     model.train(training)
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
+def _budget(stage: int, args: OrganismTrainArguments) -> int:
+    """Steps a stage may take before it ends anyway: ``stage_budget`` on the 12 x 12 grid, more on the cheaper
+    small grids (``stage_budget * 12 / grid``), so that a plateau there (existence took thousands of steps) is
+    crossed where a step costs a tenth."""
+    return max(1, round(args.stage_budget * GRID / STAGES[stage][0]))
 
 
 def _lr_factor(step: int, args: OrganismTrainArguments) -> float:
@@ -320,7 +331,7 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
             if (
                 not final_stage
                 and in_stage >= args.stage_min
-                and (running >= args.advance_at or in_stage >= args.stage_budget)
+                and (running >= args.advance_at or in_stage >= _budget(state["stage"], args))
             ):
                 state["stage"], state["stage_start"] = state["stage"] + 1, state["step"]
                 recent.clear()
@@ -346,15 +357,33 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
     return final
 
 
+def export_checkpoint(out: str | os.PathLike) -> Path:
+    """Write ``OUT/final`` (model + processor) from the run's last checkpoint, before the run has ended (a run
+    cut short by the time available; the learning rate then has not decayed)."""
+    ckpt = torch.load(Path(out) / "checkpoint.pt", weights_only=False)
+    args = OrganismTrainArguments(**ckpt["state"]["args"])
+    model = Qwen2VLForConditionalGeneration(organism_config(args.hidden_size, args.num_layers))
+    model.load_state_dict(ckpt["model"])
+    final = Path(out) / "final"
+    model.save_pretrained(final)
+    organism_processor().save_pretrained(final)
+    return final
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hf_tokcomp.organism.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--export", action="store_true", help="only write OUT/final from OUT's last checkpoint")
     for name, default in asdict(OrganismTrainArguments(out="")).items():
         flag = "--" + name.replace("_", "-")
         if name == "out":
             parser.add_argument(flag, required=True, help="run directory (checkpoint, log, final model)")
         else:
             parser.add_argument(flag, type=type(default), default=default, help=f"default: {default}")
-    args = OrganismTrainArguments(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args(argv)).items()})
+    given = vars(parser.parse_args(argv))
+    if given.pop("export"):
+        print(f"final model (from the last checkpoint): {export_checkpoint(given['out'])}")
+        return
+    args = OrganismTrainArguments(**{k.replace("-", "_"): v for k, v in given.items()})
     print(f"final model: {train_organism(args)}")
 
 
