@@ -1,13 +1,16 @@
 """Which layer-0 feature definition reads the question wherever it stands? Measured on the organism.
 
-For each definition (``causal``: the model's own causal attention, where a question BEFORE the image cannot
-reach it; ``noncausal``: every instruction row's softmax over all prompt tokens; ``hybrid``: causal after the
-image, non-causal before), the training-free selection (``selector="attention"``) is evaluated on the organism's
-test split in both prompt orders: retention with its 95% interval, and the share of each answer's evidence tokens
-kept. A learned compressor can be added (``--compressor DIR``, evaluated with its own definition). Also reported:
-the time the features add to a prefill, against a full uncompressed prefill (medians of repeated runs).
+Every test sample is asked twice: question after the image, and question before it. For each definition
+(``causal``: the model's own causal attention, where a question BEFORE the image cannot reach it; ``noncausal``:
+every instruction row's softmax over all prompt tokens; ``hybrid``: causal after the image, non-causal before),
+the training-free selection (``selector="attention"``) is evaluated in both orders: retention with its 95%
+interval, and the share of each answer's evidence tokens kept (what the selection can control, whatever the
+model makes of a question order it was not trained on). Learned compressors (``--compressor DIR ...``, each with
+its own definition), the GAE teacher and the evidence oracle are measured alongside. Also reported: the time the
+features add, against a full uncompressed prefill of the same batch (medians of repeated runs).
 
-    python benchmarks/instruction_features.py --n 600 --out benchmarks/results/instruction_features
+    python benchmarks/instruction_features.py --n 500 --compressor DIR [DIR ...] \\
+        --out benchmarks/results/instruction_features
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from hf_tokcomp.runtime.features import FEATURE_MODES, FeatureSpec
 from hf_tokcomp.runtime.scoring import pack_segments
 from hf_tokcomp.training.labels import build_batch, read_records
 
-KEEPS = (1.0, 0.5, 0.25, 0.11)
+KEEPS = (1.0, 0.5, 0.25, 0.1)
 
 
 def evidence_kept(result: dict, records: list[dict], method: str) -> dict[str, dict[str, float]]:
@@ -71,13 +74,13 @@ def feature_overhead(model, processor, records: list[dict], repeats: int = 7) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=600, help="test samples (default: 600)")
-    parser.add_argument("--compressor", default=None, help="also evaluate this learned compressor")
+    parser.add_argument("--compressor", nargs="*", default=[], help="also evaluate these learned compressors")
     parser.add_argument("--out", default="benchmarks/results/instruction_features", help="output path stem")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model, processor = load_organism()
     data = write_split("test", args.n, Path(args.out).parent / "_instruction_data")
-    records = list(read_records(data))
+    records = [r | {"question_first": first} for r in read_records(data) for first in (False, True)]
     settings = EvalSettings(keeps=KEEPS, methods=("attention",), max_new_tokens=2, flops=False)
     results: dict[str, dict] = {
         "command": "python benchmarks/instruction_features.py " + " ".join(argv or []),
@@ -92,15 +95,22 @@ def main(argv: list[str] | None = None) -> None:
             "evidence_kept": evidence_kept(result, records, "attention"),
         }
     del model._tokcomp_features_override
-    if args.compressor:
-        compressor = TokenCompressor.from_pretrained(args.compressor)
-        result = evaluate(
-            model, processor, records, compressor, EvalSettings(**{**vars(settings), "methods": ("ours",)})
-        )
+    for path in args.compressor:
+        compressor = TokenCompressor.from_pretrained(path)
+        ours = EvalSettings(**{**vars(settings), "methods": ("ours",)})
+        result = evaluate(model, processor, records, compressor, ours)
         results[f"learned ({compressor.config.features})"] = {
             "retention": result["retention"]["ours"],
             "retention_ci95": result["retention_ci95"]["ours"],
             "evidence_kept": evidence_kept(result, records, "ours"),
+        }
+    references = EvalSettings(**{**vars(settings), "methods": ("teacher", "oracle")})
+    result = evaluate(model, processor, records, None, references)
+    for method, name in (("teacher", "GAE teacher (needs the answer)"), ("oracle", "evidence oracle")):
+        results[name] = {
+            "retention": result["retention"][method],
+            "retention_ci95": result["retention_ci95"][method],
+            "evidence_kept": evidence_kept(result, records, method),
         }
     results["overhead"] = feature_overhead(model, processor, records[:32])
     out = Path(args.out)

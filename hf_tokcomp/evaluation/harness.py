@@ -119,6 +119,8 @@ def _kept(model, n: int) -> list[list[int] | None]:
     selections = model.last_compression
     if selections is None:
         return [None] * n
+    if len(selections) != n:
+        raise RuntimeError(f"evaluation: the last call recorded {len(selections)} selections for {n} samples")
     return [sorted(int(i) for kept in s.kept for i in kept.tolist()) for s in selections]
 
 
@@ -313,7 +315,7 @@ def evaluate(
                     )
                     hits += right
                     said += texts
-                    kept += _kept(model, len(texts))
+                    kept += [None] * len(texts) if fastv else _kept(model, len(texts))
                     if isinstance(model.compressor, PresetScores) and model.compressor.queue:
                         raise RuntimeError(f"{method}: {len(model.compressor.queue)} preset segment(s) were not scored")
                     bar.update(1)
