@@ -75,6 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=600, help="test samples (default: 600)")
     parser.add_argument("--compressor", nargs="*", default=[], help="also evaluate these learned compressors")
+    parser.add_argument(
+        "--features",
+        nargs="*",
+        default=[f"v2:{m}{g}" for m in FEATURE_MODES for g in ("", "+gen")],
+        help="feature definitions of the training-free selection to compare (default: every mode, with and "
+        "without the generation prompt's rows)",
+    )
+    parser.add_argument("--no-references", action="store_true", help="skip the GAE teacher and the oracle")
     parser.add_argument("--out", default="benchmarks/results/instruction_features", help="output path stem")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -86,10 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python benchmarks/instruction_features.py " + " ".join(argv or []),
         "n": args.n,
     }
-    for mode in FEATURE_MODES:
-        model._tokcomp_features_override = FeatureSpec(mode)
+    for name in args.features:
+        model._tokcomp_features_override = FeatureSpec.parse(name, what="--features")
         result = evaluate(model, processor, records, None, settings)
-        results[f"attention ({mode})"] = {
+        results[f"attention ({name})"] = {
             "retention": result["retention"]["attention"],
             "retention_ci95": result["retention_ci95"]["attention"],
             "evidence_kept": evidence_kept(result, records, "attention"),
@@ -105,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             "evidence_kept": evidence_kept(result, records, "ours"),
         }
     references = EvalSettings(**{**vars(settings), "methods": ("teacher", "oracle")})
-    result = evaluate(model, processor, records, None, references)
-    for method, name in (("teacher", "GAE teacher (needs the answer)"), ("oracle", "evidence oracle")):
+    result = None if args.no_references else evaluate(model, processor, records, None, references)
+    for method, name in () if result is None else (("teacher", "GAE teacher"), ("oracle", "evidence oracle")):
         results[name] = {
             "retention": result["retention"][method],
             "retention_ci95": result["retention_ci95"][method],

@@ -42,11 +42,14 @@ FEATURE_MODES = ("causal", "noncausal", "hybrid")
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which layer-0 features: ``mode`` (see the module docstring) and ``per_head`` (one channel per attention
-    head instead of their mean; the head mean is their average, what the training-free selection reads)."""
+    """Which layer-0 features: ``mode`` (see the module docstring), ``per_head`` (one channel per attention
+    head instead of their mean; the head mean is their average, what the training-free selection reads), and
+    ``prompt_header`` (the generation prompt - the assistant's header that ends the prompt, where the answer is
+    read - counts as rows too: its layer-0 attention does not depend on the question, a saliency prior)."""
 
     mode: str = "hybrid"
     per_head: bool = False
+    prompt_header: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in FEATURE_MODES:
@@ -55,7 +58,11 @@ class FeatureSpec:
     @property
     def name(self) -> str:
         """The versioned name recorded in label shards and compressor configs, e.g. ``"v2:hybrid+heads"``."""
-        return f"v{FEATURES_VERSION}:{self.mode}" + ("+heads" if self.per_head else "")
+        return (
+            f"v{FEATURES_VERSION}:{self.mode}"
+            + ("+gen" if self.prompt_header else "")
+            + ("+heads" if self.per_head else "")
+        )
 
     @classmethod
     def parse(cls, name: str | None, what: str = "features") -> FeatureSpec:
@@ -66,14 +73,16 @@ class FeatureSpec:
             made = "v1 (unversioned: rows after the last visual token)" if name is None else repr(name)
             raise ValueError(
                 f"{what} were made with layer-0 feature definition {made}, but this hf_tokcomp computes version "
-                f"{FEATURES_VERSION} ({', '.join(repr(f'{prefix}{m}') for m in FEATURE_MODES)}, optionally '+heads'); "
+                f"{FEATURES_VERSION} ({', '.join(repr(f'{prefix}{m}') for m in FEATURE_MODES)}, optionally '+gen', "
+                "'+heads'); "
                 "features of different definitions are never mixed: re-label the data (`tokcomp label`) and retrain "
                 "the compressor (`tokcomp train`)."
             )
-        body = name[len(prefix) :]
-        mode, heads = (body[: -len("+heads")], True) if body.endswith("+heads") else (body, False)
+        mode, *flags = name[len(prefix) :].split("+")
+        if set(flags) - {"heads", "gen"} or len(set(flags)) != len(flags):
+            raise ValueError(f"{what}: unknown layer-0 feature definition {name!r} (flags: '+gen', '+heads')")
         try:
-            return cls(mode, heads)
+            return cls(mode, "heads" in flags, "gen" in flags)
         except ValueError as err:
             raise ValueError(f"{what}: unknown layer-0 feature definition {name!r} ({err})") from err
 

@@ -106,8 +106,10 @@ def segment_instruction_rows(
     start: torch.Tensor,
     end: torch.Tensor,
     layout: TurnLayout,
+    prompt_header: bool = False,
 ) -> torch.Tensor:
-    """The instruction rows of every visual segment (see the module docstring).
+    """The instruction rows of every visual segment (see the module docstring); with ``prompt_header``, also
+    the generation prompt (the last assistant header of the prompt) of the segment's sample.
 
     Args:
         input_ids: ``(B, L)``.
@@ -131,6 +133,14 @@ def segment_instruction_rows(
     after = prompt[sample] & ~visual_mask[sample] & (positions >= end[:, None])
     rows = torch.where(rows.any(1, keepdim=True), rows, anywhere)
     rows = torch.where(rows.any(1, keepdim=True), rows, after)
+    if prompt_header and layout.assistant_header is not None and input_ids.shape[1] >= len(layout.assistant_header):
+        header = torch.tensor(layout.assistant_header, device=input_ids.device, dtype=input_ids.dtype)
+        n = header.numel()
+        found = (input_ids.unfold(1, n, 1) == header).all(-1) & prompt[:, n - 1 :]  # (B, L - n + 1)
+        seq = torch.arange(found.shape[1], device=input_ids.device)
+        last = torch.where(found, seq, -1).amax(dim=1, keepdim=True)  # the last header in the prompt, or -1
+        in_header = (positions >= last) & (positions < last + n) & (last >= 0)
+        rows |= in_header[sample]
     missing = ~rows.any(1)
     if missing.any():
         raise ValueError(

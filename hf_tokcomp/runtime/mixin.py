@@ -254,8 +254,9 @@ class TokenCompressionMixin:
         if labels is not None:
             prompt = attention_mask * ~answer_mask(input_ids, labels, self.config.answer_start_ids)
         end = block.start + torch.tensor(block.lengths, device=block.start.device, dtype=block.start.dtype)
+        layout = self._tokcomp_turn_layout()
         rows = segment_instruction_rows(
-            input_ids, merged.visual_mask, prompt, block.sample, block.start, end, self._tokcomp_turn_layout()
+            input_ids, merged.visual_mask, prompt, block.sample, block.start, end, layout, spec.prompt_header
         )
         layer0 = self._tokcomp_decoder_layer0()
         with eval_mode(layer0), torch.autocast(merged.inputs_embeds.device.type, enabled=False):

@@ -355,6 +355,9 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
     final = out / "final"
     model.save_pretrained(final)
     processor.save_pretrained(final)
+    # the organism's own chat template: its generation prompt opens the answer (a turn header of 2 tokens)
+    header = processor.tokenizer.convert_tokens_to_ids(["<|im_start|>", "assistant"])
+    (final / "hf_tokcomp.json").write_text(json.dumps({"answer_start_ids": header}))
     return final
 
 
