@@ -40,7 +40,7 @@ def image(wrapped: bool = True) -> list:
     return [VS, IMG, IMG, IMG, IMG, VE] if wrapped else [IMG, IMG, IMG, IMG]
 
 
-def rows_of(config, ids: list[int], labels: list[int] | None = None) -> list[list[int]]:
+def rows_of(config, ids: list[int], labels: list[int] | None = None, header: bool = False) -> list[list[int]]:
     """Per visual segment (placeholder runs), the instruction rows the runtime finds, as token VALUES."""
     ids_t = torch.tensor([ids])
     visual = ids_t == IMG
@@ -57,6 +57,7 @@ def rows_of(config, ids: list[int], labels: list[int] | None = None) -> list[lis
         torch.tensor(starts),
         torch.tensor(ends),
         turn_layout(config),
+        header,
     )
     return [[ids[i] for i in r.nonzero().flatten().tolist()] for r in rows]
 
@@ -118,3 +119,13 @@ def test_without_turn_markers_every_non_template_token_counts(tmp_path):
     labels = [-100] * 7 + [12, 13, eos]  # the last two words are the answer
     assert rows_of(config, ids, labels) == [[1, 10, 11]]
     assert pad not in rows_of(config, [pad, pad, *ids])[0]
+
+
+def test_the_generation_prompt_rows_are_added_when_asked():
+    """``+gen``: the assistant header that ends the prompt (or precedes a training answer) joins every segment's
+    rows; an assistant header of an earlier turn does not."""
+    config = qwen_config("qwen2_vl")
+    ids = user(image(), [10]) + [S, ASSISTANT, NL, 30, E, NL] + user([12]) + HEADER
+    assert rows_of(config, ids, header=True) == [[10, S, ASSISTANT, NL]]
+    train = user([10], image()) + HEADER + [30, E]
+    assert rows_of(config, train, labels=train, header=True) == [[10, S, ASSISTANT, NL]]
