@@ -37,16 +37,12 @@ def hand_features(attn: torch.Tensor, ids: torch.Tensor, visual: torch.Tensor, m
     return out
 
 
-def stock_layer0_probs(stock, inputs: dict, causal: bool) -> torch.Tensor:
-    """``(B, H, L, L)``: the stock Qwen layer-0 attention module (eager) on the stock merged embeddings and
-    M-RoPE tables, with a hand-built additive mask: padding keys hidden, and future keys too when ``causal``."""
-    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
-    text = stock.model.language_model
-    layer = text.layers[0]
+def layer0_probs(stock, layer, embeds, cos, sin, mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``(B, H, L, L)``: a stock layer-0 attention module (eager) on ``embeds`` with the rotary tables ``cos`` /
+    ``sin`` and a hand-built additive mask: padding keys hidden, and future keys too when ``causal``."""
+    mask = mask.bool()
     with torch.no_grad():
-        embeds = stock_merged_embeddings(stock, inputs)
-        cos, sin = text.rotary_emb(embeds, stock_positions(stock, inputs))
-        length = ids.shape[1]
+        length = mask.shape[1]
         visible = mask[:, None, None, :].expand(-1, 1, length, -1).clone()
         if causal:
             visible &= torch.ones(length, length, dtype=torch.bool).tril()
@@ -59,6 +55,15 @@ def stock_layer0_probs(stock, inputs: dict, causal: bool) -> torch.Tensor:
         finally:
             stock.set_attn_implementation("sdpa")
     return probs
+
+
+def stock_layer0_probs(stock, inputs: dict, causal: bool) -> torch.Tensor:
+    """:func:`layer0_probs` of the stock Qwen model on its merged embeddings and M-RoPE tables."""
+    text = stock.model.language_model
+    with torch.no_grad():
+        embeds = stock_merged_embeddings(stock, inputs)
+        cos, sin = text.rotary_emb(embeds, stock_positions(stock, inputs))
+    return layer0_probs(stock, text.layers[0], embeds, cos, sin, inputs["attention_mask"], causal)
 
 
 def test_the_causal_reference_is_the_stock_models_own_attention(stock):
@@ -76,15 +81,14 @@ def test_the_causal_reference_is_the_stock_models_own_attention(stock):
         torch.testing.assert_close(probs[b][:, real[b]], attn[b][:, real[b]], rtol=1e-5, atol=1e-6)
 
 
-def naive_segment_features(stock, inputs: dict, runs, mode: str) -> list[list[torch.Tensor]]:
+def naive_segment_features(
+    causal, full, ids, visual, mask, runs, mode: str, template=TEMPLATE
+) -> list[list[torch.Tensor]]:
     """Per sample, per segment ``(start, n)``: ``(H, n)`` attention from the sample's instruction rows, each row
-    read causally (the stock map) when it follows the segment, else non-causally (``hybrid``), or always one way
-    (``causal`` / ``noncausal``); averaged over the rows by hand."""
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
-    causal, full = stock_layer0_probs(stock, inputs, True), stock_layer0_probs(stock, inputs, False)
+    read causally (``causal`` probabilities ``(B, H, L, L)``) when it follows the segment, else non-causally
+    (``full``) for ``hybrid``, or always one way (``causal`` / ``noncausal``); averaged over the rows by hand."""
     out = []
-    for b, rows in enumerate(text_rows(ids, visual, mask)):
+    for b, rows in enumerate(text_rows(ids, visual, mask, template)):
         per_segment = []
         for start, n in runs[b]:
             picked = []
@@ -102,8 +106,11 @@ def test_features_equal_the_stock_layer0_read_both_ways(stock, ours, mode, per_h
     """Question before AND after the images, padded batch: the runtime's features per segment equal the naive
     reference, head-averaged or one channel per head."""
     inputs = make_qwen_inputs([*SAMPLES, [("image", (4, 4)), ("text", [6, 7])]], stock.config)
-    runs = visual_runs(inputs["input_ids"], qwen_segment_sizes(inputs, stock.config))
-    expected = naive_segment_features(stock, inputs, runs, mode)
+    ids = inputs["input_ids"]
+    runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
+    visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
+    causal, full = stock_layer0_probs(stock, inputs, True), stock_layer0_probs(stock, inputs, False)
+    expected = naive_segment_features(causal, full, ids, visual, inputs["attention_mask"], runs, mode)
     spec = FeatureSpec(mode, per_head)
     with torch.no_grad():
         got = ours.compressor_features(**inputs, features=spec)

@@ -279,3 +279,41 @@ def test_teachers_equal_naive_references_on_the_stock_model(stock, ours):
     occluded = torch.tensor([base - logprob([i for i in range(n) if i != v]) for v in positions])
     assert occluded.abs().max() > 1e-3
     torch.testing.assert_close(relevance, occluded, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "noncausal"])
+def test_features_read_a_question_before_the_image_like_the_stock_layer0(stock, ours, mode):
+    """Text before and after the images, padded batch: the features equal the stock Qwen2 layer-0 attention
+    module run by hand with a causal and a non-causal mask on the stock merged embeddings and 1-D positions,
+    averaged over the instruction rows by hand."""
+    from hf_tokcomp.runtime.features import FeatureSpec
+
+    from .test_features import layer0_probs, naive_segment_features, visual_runs
+
+    inputs = make_llava_inputs([ANYRES, TWO_IMAGES], stock)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    text = stock.model.language_model
+    with torch.no_grad():
+        embeds = stock.model.get_input_embeddings()(ids)
+        feats = torch.cat(
+            stock.model.get_image_features(
+                inputs["pixel_values"],
+                inputs["image_sizes"],
+                batch_num_images=inputs["batch_num_images"],
+                return_dict=True,
+            ).pooler_output
+        )
+        embeds = embeds.masked_scatter((ids == stock.config.image_token_id)[..., None], feats)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # index among the sample's real tokens
+        cos, sin = text.rotary_emb(embeds, positions)
+    causal = layer0_probs(stock, text.layers[0], embeds, cos, sin, mask, True)
+    full = layer0_probs(stock, text.layers[0], embeds, cos, sin, mask, False)
+    visual = ids == stock.config.image_token_id
+    runs = visual_runs(ids, segment_sizes(stock, inputs))
+    template = (stock.config.text_config.pad_token_id, stock.config.text_config.eos_token_id)
+    expected = naive_segment_features(causal, full, ids, visual, mask, runs, mode, template)
+    with torch.no_grad():
+        got = ours.compressor_features(**inputs, features=FeatureSpec(mode))
+    for b in range(len(runs)):
+        for (_, features), want in zip(got[b], expected[b], strict=True):
+            torch.testing.assert_close(features, want.mean(dim=0, keepdim=True), rtol=1e-5, atol=1e-6)
