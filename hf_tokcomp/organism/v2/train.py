@@ -352,10 +352,14 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
         if main_thread:
             signal.signal(signal.SIGINT, previous_handler)
     bar.close()
-    final = out / "final"
+    return _write_final(model, processor, out / "final")
+
+
+def _write_final(model, processor, final: Path) -> Path:
+    """The stock checkpoint, the processor, and the organism's own ``answer_start_ids`` (its generation prompt
+    ``<|im_start|> assistant``: a turn header of 2 tokens) in ``hf_tokcomp.json``."""
     model.save_pretrained(final)
     processor.save_pretrained(final)
-    # the organism's own chat template: its generation prompt opens the answer (a turn header of 2 tokens)
     header = processor.tokenizer.convert_tokens_to_ids(["<|im_start|>", "assistant"])
     (final / "hf_tokcomp.json").write_text(json.dumps({"answer_start_ids": header}))
     return final
@@ -368,10 +372,7 @@ def export_checkpoint(out: str | os.PathLike) -> Path:
     args = OrganismTrainArguments(**ckpt["state"]["args"])
     model = Qwen2VLForConditionalGeneration(organism_config(args.hidden_size, args.num_layers))
     model.load_state_dict(ckpt["model"])
-    final = Path(out) / "final"
-    model.save_pretrained(final)
-    organism_processor().save_pretrained(final)
-    return final
+    return _write_final(model, organism_processor(), Path(out) / "final")
 
 
 def main(argv: list[str] | None = None) -> None:
