@@ -16,6 +16,10 @@ def _label(args: argparse.Namespace) -> None:
 
     rank, world_size, device = process_info()  # several processes under `accelerate launch`
     records = read_records(args.data, split=args.split)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        records = [records[i] for i in range(min(args.limit, len(records)))]
     model = load_compressed_model(args.model).eval()
     if device is not None:
         model.to(device)
@@ -187,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
     label.add_argument("--shard-size", type=int, default=64, help="samples per shard (default: 64)")
     label.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: 32)")
+    label.add_argument(
+        "--limit", type=int, default=None, help="label the first N samples only (a resumed run needs the same N)"
+    )
     label.add_argument(
         "--teacher",
         default="gae",

@@ -522,3 +522,13 @@ def test_labels_of_two_feature_definitions_are_not_mixed(tmp_path):
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(LabelError, match="features='v2:noncausal', the first for 'v2:hybrid'"):
         train_compressor([tmp_path / "a", tmp_path / "b"], tmp_path / "out", TrainArguments(epochs=1), progress=False)
+
+
+def test_cli_label_limit_labels_the_first_samples_only(workspace, tmp_path, capsys):
+    common = ["label", "--model", str(workspace / "model"), "--data", str(workspace / "data.jsonl")]
+    common += ["--max-new-tokens", "3"]
+    assert tokcomp([*common, "--out", str(tmp_path / "three"), "--limit", "3"]) == 0
+    manifest = json.loads((tmp_path / "three" / "manifest.json").read_text())
+    assert manifest["num_records"] == 3 and manifest["shards"][-1]["end_sample"] == 3
+    assert tokcomp([*common, "--out", str(tmp_path / "zero"), "--limit", "0"]) != 0
+    assert "--limit must be >= 1, got 0" in capsys.readouterr().err
