@@ -174,7 +174,9 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
     config = bench_model.build_config(spec.llm_layers, spec.vision_layers)
     config._attn_implementation = spec.attn
     dtype = getattr(torch, spec.dtype)
-    model = bench_model.model_class()(config).to(spec.device, dtype).eval()
+    with torch.device(spec.device):  # weights initialised where they run (a 7B model on the CPU takes minutes)
+        model = bench_model.model_class()(config)
+    model = model.to(dtype).eval()
     model.generation_config.eos_token_id = None
     model.compressor = TokenCompressor(TokenCompressorConfig()).to(spec.device).eval()
     model.config.token_keep = keep if method == "ours" else 1.0
@@ -456,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attn", default="sdpa", help="sdpa, eager or flash_attention_2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed_cpu"), help="OUT.json/.md/.png")
+    parser.add_argument("--plan", action="store_true", help="check the settings and print the cells, run nothing")
     args = parser.parse_args(argv)
     model = BENCH_MODELS[args.config]
     llm_layers, vision_layers = model.real_layers if args.full_depth else (args.llm_layers, args.vision_layers)
@@ -479,6 +482,10 @@ def main(argv: list[str] | None = None) -> None:
         spec.check()
     except ValueError as err:
         parser.error(str(err))
+    if args.plan:
+        cells = len(spec.batch_sizes) * (1 + 2 * len(spec.keeps))
+        print(json.dumps({"plan": asdict(spec), "cells": cells, "out": str(args.out)}))
+        return
     result = run_benchmark(spec)
     text = markdown(result)
     print(text)
