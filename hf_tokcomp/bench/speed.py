@@ -443,12 +443,8 @@ def main(argv: list[str] | None = None) -> None:
         "--visual-tokens", type=int, default=1024, help="visual tokens per sample (a target: see bench_models.py)"
     )
     parser.add_argument("--text-tokens", type=int, default=40, help="question tokens after the visual tokens")
-    parser.add_argument(
-        "--batch8-visual-tokens",
-        type=int,
-        default=None,
-        help="visual tokens per sample at batch 8 (default: --visual-tokens)",
-    )
+    batch8_help = "visual tokens per sample at batch 8 (default: --visual-tokens)"
+    parser.add_argument("--batch8-visual-tokens", type=int, default=None, help=batch8_help)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.75, 0.5, 0.25, 0.1])
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated for the decode rate")
@@ -482,10 +478,9 @@ def main(argv: list[str] | None = None) -> None:
         spec.check()
     except ValueError as err:
         parser.error(str(err))
-    if args.plan:
+    if args.plan:  # the cells of run_benchmark, without running them
         cells = len(spec.batch_sizes) * (1 + 2 * len(spec.keeps))
-        print(json.dumps({"plan": asdict(spec), "cells": cells, "out": str(args.out)}))
-        return
+        return print(json.dumps({"plan": asdict(spec), "cells": cells, "out": str(args.out)}))
     result = run_benchmark(spec)
     text = markdown(result)
     print(text)
