@@ -504,3 +504,40 @@ def test_teachers_equal_naive_references_on_the_reference_llm(ref, processor, ou
     occluded = torch.tensor([base - logprob([i for i in range(n) if i != v]) for v in visual.nonzero().flatten()])
     assert occluded.abs().max() > 1e-3
     torch.testing.assert_close(relevance, occluded, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "noncausal"])
+def test_features_read_text_before_the_images_like_the_reference_layer0(ref, processor, ours, mode):
+    """The template's text before the images (VILA has no turn markers: every non-template token is instruction)
+    is read non-causally: the features equal the reference Llama's layer-0 attention module run by hand with a
+    causal and a non-causal mask on the reference embeddings, per sample without padding, averaged by hand."""
+    from hf_tokcomp.runtime.features import FeatureSpec
+
+    from .test_features import layer0_probs, naive_segment_features, visual_runs
+
+    names = BATCHES["mixed"]
+    inputs = batch_inputs(processor, names)
+    ids = inputs["input_ids"]
+    text_config = ours.config.get_text_config()
+    template = tuple(t for t in (text_config.pad_token_id, text_config.eos_token_id) if t is not None)
+    with torch.no_grad():
+        got = ours.compressor_features(**inputs, features=FeatureSpec(mode))
+    llm = ref["llm"]
+    for b, name in enumerate(names):
+        embeds, sample_runs = ref_sample(ref, processor, name)
+        n = embeds.shape[0]
+        own = ids[b : b + 1, ids.shape[1] - n :]  # left padding removed
+        visual = (own == processor.image_token_id) | (own == processor.video_token_id)
+        sizes = {processor.image_token_id: [], processor.video_token_id: []}
+        for kind, size in sample_runs:
+            sizes[processor.image_token_id if kind == "image" else processor.video_token_id].append(size)
+        with torch.no_grad():
+            cos, sin = llm.model.rotary_emb(embeds[None], torch.arange(n)[None])
+        mask = torch.ones(1, n)
+        causal = layer0_probs(llm, llm.model.layers[0], embeds[None], cos, sin, mask, True)
+        full = layer0_probs(llm, llm.model.layers[0], embeds[None], cos, sin, mask, False)
+        runs = visual_runs(own, sizes)
+        expected = naive_segment_features(causal, full, own, visual, mask, runs, mode, template)[0]
+        assert any(not visual[0, :start].all() for start, _ in runs[0])  # text stands before the images
+        for (_, features), want in zip(got[b], expected, strict=True):
+            torch.testing.assert_close(features, want.mean(dim=0, keepdim=True), rtol=1e-5, atol=1e-6)
