@@ -15,14 +15,14 @@ from . import ORGANISM_DIR
 from .task import make_split
 from .train import validate
 
-__all__ = ["organism_report", "main"]
+__all__ = ["organism_report", "training_curve", "main"]
 
 
 def _read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _curve(log: Path, path: Path, compare: dict[str, Path]) -> None:
+def training_curve(log: Path, path: Path, compare: dict[str, Path], step_unit: str = "16 images x 8 questions") -> None:
     """Validation accuracy per question type over training (left); other recipes' overall curves (right)."""
     import matplotlib
 
@@ -43,7 +43,7 @@ def _curve(log: Path, path: Path, compare: dict[str, Path]) -> None:
     changes = [r["step"] for prev, r in zip(records, records[1:], strict=False) if r["stage"] != prev["stage"]]
     for step in changes:
         ax.axvline(step, color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="training step (16 images x 8 questions)", ylabel="validation accuracy (%)", ylim=(0, 101))
+    ax.set(xlabel=f"training step ({step_unit})", ylabel="validation accuracy (%)", ylim=(0, 101))
     ax.set_title("shipped organism (dotted: curriculum stage changes)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--compare takes LABEL=PATH items, got {bad}")
     compare = dict(item.split("=", 1) for item in args.compare)
     if Path(args.log).is_file():
-        _curve(Path(args.log), out.with_name(out.stem + "_curve.png"), {k: Path(v) for k, v in compare.items()})
+        training_curve(Path(args.log), out.with_name(out.stem + "_curve.png"), {k: Path(v) for k, v in compare.items()})
         lines += ["", f"![training curve]({out.stem}_curve.png)"]
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

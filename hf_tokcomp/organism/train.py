@@ -42,7 +42,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .model import encode_samples, organism_config, organism_processor
 from .task import COLOURS, QUESTION_TYPES, SHAPES, Sample, make_scene_samples, make_split
 
-__all__ = ["OrganismTrainArguments", "train_organism", "answer_accuracy", "main"]
+__all__ = ["OrganismTrainArguments", "train_organism", "answer_accuracy", "save_atomic", "main"]
 
 #: (min objects, max objects, question types) per curriculum stage
 STAGES = (
@@ -160,7 +160,8 @@ def _lr_factor(step: int, args: OrganismTrainArguments) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: an interruption never leaves a half-written file."""
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -201,7 +202,7 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
         state["args"] = asdict(args)
 
     def checkpoint() -> None:
-        _save_atomic(
+        save_atomic(
             {
                 "model": model.state_dict(),
                 "aux": aux.state_dict(),

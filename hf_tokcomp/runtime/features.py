@@ -45,7 +45,8 @@ class FeatureSpec:
     """Which layer-0 features: ``mode`` (see the module docstring), ``per_head`` (one channel per attention
     head instead of their mean; the head mean is their average, what the training-free selection reads), and
     ``prompt_header`` (the generation prompt - the assistant's header that ends the prompt, where the answer is
-    read - counts as rows too: its layer-0 attention does not depend on the question, a saliency prior)."""
+    read - counts as rows too: its layer-0 attention does not depend on the question, a saliency prior; a
+    template without turn markers, ``answer_start_ids`` None, counts every prompt token already)."""
 
     mode: str = "hybrid"
     per_head: bool = False

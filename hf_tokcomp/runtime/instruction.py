@@ -92,7 +92,8 @@ def _turn_text(
         header = torch.tensor(layout.assistant_header, device=device, dtype=input_ids.dtype)
         found = (input_ids.unfold(1, header.numel(), 1) == header).all(-1)  # an assistant header starts here
         found = torch.nn.functional.pad(found, (0, header.numel() - 1)).long()
-        assistant = torch.zeros(input_ids.shape[0], int(turn.max()) + 1, dtype=torch.long, device=device)
+        # one slot per possible turn (at most one per position): no host sync to count them
+        assistant = torch.zeros(input_ids.shape[0], input_ids.shape[1] + 1, dtype=torch.long, device=device)
         assistant = assistant.scatter_reduce(1, turn, found, reduce="amax")  # (B, turns) 1 on assistant turns
         text &= assistant.gather(1, turn) == 0
     return turn, text

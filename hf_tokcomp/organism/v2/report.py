@@ -1,6 +1,6 @@
 """The organism's report card: test accuracy per question type, the blanked-image control, the training curve.
 
-``python -m hf_tokcomp.organism.v2.report --out benchmarks/results/organism_v2.md`` (run by ``make organism``).
+``python -m hf_tokcomp.organism.v2.report --out benchmarks/results/organism_v2.md`` (run by ``make organism-v2``).
 """
 
 from __future__ import annotations
@@ -13,55 +13,12 @@ from pathlib import Path
 import torch
 
 from ...runtime.selection import keep_count
+from ..report import training_curve
 from . import ORGANISM_V2_DIR as ORGANISM_DIR
 from .task import GRID, make_split
 from .train import validate
 
 __all__ = ["organism_report", "main"]
-
-
-def _read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _curve(log: Path, path: Path, compare: dict[str, Path]) -> None:
-    """Validation accuracy per question type over training (left); other recipes' overall curves (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = _read_log(log)
-    panels = 2 if compare else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4), squeeze=False)
-    ax = axes[0, 0]
-    for qtype in records[-1]["val"]:
-        ax.plot(
-            [r["step"] for r in records],
-            [100 * r["val"][qtype] for r in records],
-            label=qtype,
-            linewidth=2.5 if qtype == "all" else 1.2,
-        )
-    changes = [r["step"] for prev, r in zip(records, records[1:], strict=False) if r["stage"] != prev["stage"]]
-    for step in changes:
-        ax.axvline(step, color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="training step (8 images x 8 questions)", ylabel="validation accuracy (%)", ylim=(0, 101))
-    ax.set_title("shipped organism (dotted: curriculum stage changes)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if compare:
-        ax = axes[0, 1]
-        ax.plot([r["step"] for r in records], [100 * r["val"]["all"] for r in records], linewidth=2.5, label="shipped")
-        for label, other in compare.items():
-            rows = _read_log(other)
-            ax.plot([r["step"] for r in rows], [100 * r["val"]["all"] for r in rows], label=label)
-        ax.set(xlabel="training step", ylabel="validation accuracy, all types (%)", ylim=(0, 101))
-        ax.set_title("recipes tried")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _wilson(p: float, n: int) -> list[float]:
@@ -138,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--compare takes LABEL=PATH items, got {bad}")
     compare = dict(item.split("=", 1) for item in args.compare)
     if Path(args.log).is_file():
-        _curve(Path(args.log), out.with_name(out.stem + "_curve.png"), {k: Path(v) for k, v in compare.items()})
+        curve = out.with_name(out.stem + "_curve.png")
+        training_curve(Path(args.log), curve, {k: Path(v) for k, v in compare.items()}, "8 images x 8 questions")
         lines += ["", f"![training curve]({out.stem}_curve.png)"]
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from transformers import Qwen2VLForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..train import answer_accuracy, save_atomic
 from .aux_targets import AUX_CLASSES, cell_classes, relation_targets
 from .model import encode_samples, organism_config, organism_processor
 from .task import GRID, SINGLE_IMAGE_TYPES, TRAINING_TYPES, Sample, ask, draw, make_scene, make_split
@@ -141,13 +142,6 @@ def _vision_warmup(model, heads: torch.nn.ModuleDict, processor, rng: random.Ran
         optimizer.step()
 
 
-def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per row, whether the answer word (the first labelled token) is predicted greedily. ``(B,)`` bool."""
-    first = (labels != -100).int().argmax(-1)
-    rows = torch.arange(labels.shape[0])
-    return logits[rows, first - 1].argmax(-1) == labels[rows, first]
-
-
 @torch.no_grad()
 def validate(model, processor, samples: list[Sample], batch_size: int = 100, blank: bool = False) -> dict[str, float]:
     """Greedy answer accuracy per question type, per prompt order (``question_before`` / ``question_after``)
@@ -184,12 +178,6 @@ def _lr_factor(step: int, args: OrganismTrainArguments) -> float:
     if into_decay <= 0:
         return 1.0
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, into_decay / max(1, args.decay_steps))))
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _aux_loss(
@@ -254,7 +242,7 @@ def train_organism(args: OrganismTrainArguments, progress: bool = True) -> Path:
         state["args"] = asdict(args)
 
     def checkpoint() -> None:
-        _save_atomic(
+        save_atomic(
             {
                 "model": model.state_dict(),
                 "heads": heads.state_dict(),
