@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Small-model tests and demos run much faster single-threaded on a shared 2-core machine.
 RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup test lint demo demo-quick organism organism-v2 ship-compressor bench bench-all tfharness clean
+.PHONY: help setup test test-lmms lint demo demo-quick organism organism-v2 ship-compressor bench bench-all tfharness clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,11 +23,22 @@ setup: $(STAMP)  ## create .venv with the pinned dependencies
 
 test: $(STAMP)  ## run the test-suite (offline, CPU, tiny models) and the linter
 	$(RUN) $(BIN)/python -m pytest -q
-	$(BIN)/ruff check hf_tokcomp tests benchmarks
+	$(BIN)/ruff check hf_tokcomp tests tests_lmms benchmarks
+
+LMMS_VENV := .venv-lmms
+$(LMMS_VENV)/.installed: pyproject.toml requirements-lmms.lock
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(LMMS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements-lmms.lock
+	$(LMMS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+test-lmms: $(LMMS_VENV)/.installed  ## the lmms-eval plugin's tests, in its own environment (.venv-lmms, no torchvision)
+	$(RUN) $(LMMS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_lmms
 
 lint: $(STAMP)  ## ruff check + format check
-	$(BIN)/ruff check hf_tokcomp tests benchmarks
-	$(BIN)/ruff format --check hf_tokcomp tests benchmarks
+	$(BIN)/ruff check hf_tokcomp tests tests_lmms benchmarks
+	$(BIN)/ruff format --check hf_tokcomp tests tests_lmms benchmarks
 
 demo: $(STAMP)  ## the whole pipeline on the shipped organism: label, train a compressor, evaluate (~5 min)
 	$(RUN) $(BIN)/python -m hf_tokcomp.demo --out demo_out
@@ -73,4 +84,4 @@ tfharness:  ## transformers' own model tests, stock classes then ours (needs TF_
 		./run_with_subclass.sh $(TFH_FILES)
 
 clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LMMS_VENV) .pytest_cache .ruff_cache *.egg-info

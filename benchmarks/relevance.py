@@ -6,7 +6,7 @@ Each measurement runs in a fresh subprocess (large allocations served by mmap, s
 and its peak memory is the growth of the peak resident set size over the size after loading the model.
 
 Naive reference: eager attention returning every layer's maps, one backward per answer token, then the full
-rollout R <- R + mean_h(relu(A * dA)) @ R with N x N matrices. Ours: `hf_tokcomp.explain.visual_relevance`.
+rollout R <- R + mean_h(relu(A * dA)) @ R with N x N matrices. Ours: `hf_tokcomp.teachers.gae.visual_relevance`.
 """
 
 from __future__ import annotations

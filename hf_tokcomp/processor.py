@@ -50,7 +50,7 @@ def word_level_qwen_processor(
     words: list[str], patch_size: int = 2, min_pixels: int = 16, max_pixels: int = 4096, vocab_size: int = 300
 ) -> ImageQwen2VLProcessor:
     """A processor for whitespace-separated text over ``words``, with the special-token ids of
-    :data:`hf_tokcomp.tiny.VOCAB` (so it matches :func:`hf_tokcomp.tiny.tiny_qwen_config`)."""
+    :data:`hf_tokcomp.testing.tiny_qwen.VOCAB` (so it matches :func:`hf_tokcomp.testing.tiny_qwen.tiny_qwen_config`)."""
     first = max(v for v in _SPECIALS.values() if v < 100) + 1
     vocab = dict(_SPECIALS) | {w: first + i for i, w in enumerate(words)}
     if first + len(words) > VOCAB["vision_start"] or len(set(words)) != len(words):

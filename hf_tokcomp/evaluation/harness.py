@@ -36,7 +36,7 @@ from .fastv import fastv_generate
 from .flops import flop_counter
 from .intervals import retention_interval
 
-__all__ = ["METHODS", "EvalSettings", "evaluate", "prefill_flops"]
+__all__ = ["METHODS", "EvalSettings", "evaluate", "prefill_flops", "segment_sizes"]
 
 METHODS = (
     "ours",
@@ -133,7 +133,8 @@ def _groups(record: dict[str, Any]) -> list[str]:
     return out
 
 
-def _segment_sizes(model, inputs: dict[str, torch.Tensor]) -> list[list[int]]:
+def segment_sizes(model, inputs: dict[str, torch.Tensor]) -> list[list[int]]:
+    """Per row of ``inputs``, the visual tokens of each of its segments before compression (one vision pass)."""
     inputs = _on(model, inputs)
     visual = {k: inputs.get(k) for k in model._tokcomp_visual_keys}
     with torch.no_grad():
@@ -285,7 +286,7 @@ def evaluate(
         model.config.token_keep = 1.0
         for batch in batches:
             batch.inputs = build_batch(processor, batch.records)
-            batch.segment_sizes = _segment_sizes(model, batch.inputs)
+            batch.segment_sizes = segment_sizes(model, batch.inputs)
             answers = _answers(model, batch, settings.max_new_tokens)
             right, texts = _right(tokenizer, answers, batch.records)
             full += right

@@ -136,10 +136,14 @@ def build_inputs(processor, record: dict[str, Any]) -> dict[str, torch.Tensor]:
     return build_batch(processor, [record])
 
 
-def build_batch(processor, records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def build_batch(
+    processor, records: Sequence[dict[str, Any]], system_prompt: str | None = None
+) -> dict[str, torch.Tensor]:
     """Processor output for a left-padded batch of records (each: its image(s) / video, then the question; the
-    question first where the record's ``question_first`` is true)."""
+    question first where the record's ``question_first`` is true), after a system message ``system_prompt``
+    where one is given (lmms-eval's Qwen wrappers send "You are a helpful assistant.")."""
     texts, images, videos = [], [], []
+    system = [] if system_prompt is None else [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}]
     for record in records:
         own = record.get("image")
         own = [] if own is None else [open_image(i) for i in (own if isinstance(own, list) else [own])]
@@ -149,7 +153,7 @@ def build_batch(processor, records: Sequence[dict[str, Any]]) -> dict[str, torch
         content = [text, *content] if record.get("question_first") else [*content, text]
         texts.append(
             processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+                [*system, {"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
             )
         )
         images += own
@@ -221,7 +225,7 @@ def label_dataset(
     Each sample: the model answers greedily (uncompressed); with a reference ``answer`` a wrong answer is skipped
     and counted; the features are the runtime's :meth:`compressor_features` of the definition ``features``
     (recorded in the manifest, so that a compressor trained on them computes the same ones); the target is
-    :func:`~hf_tokcomp.explain.visual_relevance` (``teacher="gae"``, the paper's) or
+    :func:`~hf_tokcomp.teachers.gae.visual_relevance` (``teacher="gae"``, the paper's) or
     :func:`~hf_tokcomp.occlusion.occlusion_relevance` (``teacher="occlusion"``) for the model's own answer tokens.
 
     Returns:
