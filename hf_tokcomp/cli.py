@@ -10,19 +10,12 @@ __all__ = ["main"]
 
 
 def _label(args: argparse.Namespace) -> None:
-    from .models import load_compressed_model
     from .training.distributed import merge_ranks, process_info
-    from .training.labels import label_dataset, read_records
+    from .training.labels import label_dataset
 
     rank, world_size, device = process_info()  # several processes under `accelerate launch`
-    records = read_records(args.data, split=args.split)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        records = [records[i] for i in range(min(args.limit, len(records)))]
-    model = load_compressed_model(args.model).eval()
-    if device is not None:
-        model.to(device)
+    records = _records(args)
+    model = _model(args, device)
     processor = _load_processor(args)
     manifest = label_dataset(
         model,
@@ -66,6 +59,52 @@ def _check_labelled(manifest: dict, args: argparse.Namespace) -> None:
             f"answers were judged wrong and skipped: {causes}",
             file=sys.stderr,
         )
+
+
+def _records(args: argparse.Namespace):
+    """``--data`` read with ``--split`` and ``--columns``, cut to ``--limit``."""
+    from .training.labels import read_records
+
+    columns = {}
+    for pair in args.columns or []:
+        field, sep, column = pair.partition("=")
+        if not sep or not field or not column:
+            raise ValueError(f"--columns takes FIELD=COLUMN pairs (e.g. question=prompt), got {pair!r}")
+        columns[field] = column
+    records = read_records(args.data, split=args.split, columns=columns)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        records = [records[i] for i in range(min(args.limit, len(records)))]
+    return records
+
+
+def _model(args: argparse.Namespace, device):
+    """``--model`` as our class for its family, on this process's device, or spread by ``--device-map``."""
+    from .models import load_compressed_model
+
+    if args.device_map is not None:
+        if device is not None:  # several processes (process_info gave this one its device)
+            raise ValueError("--device-map shards one model over devices: run it in one process, not several")
+        return load_compressed_model(args.model, device_map=args.device_map).eval()
+    model = load_compressed_model(args.model).eval()
+    return model.to(device) if device is not None else model
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--columns",
+        nargs="+",
+        default=None,
+        metavar="FIELD=COLUMN",
+        help="the data's own column names for the record fields (image, video, question, answer, qtype, evidence), "
+        "e.g. --columns question=prompt answer=label",
+    )
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        help="shard a model too big for one device (`auto`, as for from_pretrained; one process only)",
+    )
 
 
 def _load_processor(args: argparse.Namespace):
@@ -114,8 +153,6 @@ def _eval(args: argparse.Namespace) -> None:
 
     from .evaluation.harness import EvalSettings, evaluate
     from .evaluation.report import eval_markdown, eval_plot
-    from .models import load_compressed_model
-    from .training.labels import read_records
 
     settings = EvalSettings(
         keeps=tuple(args.keeps),
@@ -125,17 +162,11 @@ def _eval(args: argparse.Namespace) -> None:
         fastv_k=args.fastv_k,
         seed=args.seed,
     )
-    records = read_records(args.data, split=args.split)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        records = [records[i] for i in range(min(args.limit, len(records)))]
+    records = _records(args)
     from .training.distributed import process_info
 
     rank, world_size, device = process_info()  # several processes under `accelerate launch` / `torchrun`
-    model = load_compressed_model(args.model).eval()
-    if device is not None:
-        model.to(device)
+    model = _model(args, device)
     processor = _load_processor(args)
     compressor = None
     if args.compressor is not None:
@@ -207,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "noncausal or hybrid (how a question BEFORE the image is read), '+heads' for one channel per attention "
         "head (default: v2:hybrid)",
     )
+    _data_options(label)
     label.set_defaults(run=_label)
 
     train = sub.add_parser(
@@ -255,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fastv-k", type=int, default=None, help="FastV's K (default: 2, or 1 for 2-layer LLMs)")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default: 0)")
+    _data_options(evaluate)
     evaluate.set_defaults(run=_eval)
 
     # listed for --help; main() hands `tokcomp bench ...` to hf_tokcomp.bench's own parser

@@ -532,3 +532,22 @@ def test_cli_label_limit_labels_the_first_samples_only(workspace, tmp_path, caps
     assert manifest["num_records"] == 3 and manifest["shards"][-1]["end_sample"] == 3
     assert tokcomp([*common, "--out", str(tmp_path / "zero"), "--limit", "0"]) != 0
     assert "--limit must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_columns_map_the_datas_own_names_to_record_fields(workspace, tmp_path, capsys):
+    """A JSONL whose columns are named otherwise reads, with --columns, as the plain JSONL; a mapped column the
+    data lacks, and a malformed pair, are refused by name."""
+    plain = read_records(workspace / "data.jsonl")
+    renamed = tmp_path / "renamed.jsonl"
+    lines = [json.loads(line) for line in (workspace / "data.jsonl").read_text().splitlines()]
+    with renamed.open("w") as f:
+        for line in lines:
+            f.write(json.dumps({"img": str(workspace / line["image"]), "prompt": line["question"], "question": "x"}))
+            f.write("\n")
+    got = read_records(renamed, columns={"image": "img", "question": "prompt"})
+    assert [(r["image"], r["question"]) for r in got] == [(str(r["image"]), r["question"]) for r in plain]
+    with pytest.raises(LabelError, match=r"--columns.*no column\(s\) \['label'\]"):
+        read_records(renamed, columns={"answer": "label"})
+    args = ["label", "--model", str(workspace / "model"), "--data", str(renamed), "--out", str(tmp_path / "l")]
+    assert tokcomp([*args, "--columns", "image"]) == 2
+    assert "--columns takes FIELD=COLUMN pairs" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..models import load_compressed_model
 from ..organism import ORGANISM_COMPRESSOR_DIR, ORGANISM_DIR
 from ..processor import load_processor
+from ..runtime.config import check_token_keep
 from ..teachers.gae import cut_at_eos
 from ..training.labels import build_batch
 from .visuals import VisualPolicy, split_visuals
@@ -113,6 +114,7 @@ class TokComp(lmms):
                 "compressor, selector, attn_implementation, dtype, device, device_map, system_prompt, jpeg_quality, "
                 "min_pixels, max_pixels, max_num_frames"
             )
+        check_token_keep(token_keep)
         if not (isinstance(batch_size, int) or str(batch_size).isdigit()) or int(batch_size) < 1:
             raise ValueError(f"`batch_size` must be a positive integer (no automatic sizing), got {batch_size!r}")
         from accelerate import Accelerator

@@ -79,11 +79,14 @@ def _beside(data_file: Path, value: str) -> str:
     return value if value.startswith(("http://", "https://")) else str(data_file.parent / value)
 
 
-def read_records(data: str | os.PathLike, split: str = "train") -> Sequence[dict[str, Any]]:
+def read_records(
+    data: str | os.PathLike, split: str = "train", columns: dict[str, str] | None = None
+) -> Sequence[dict[str, Any]]:
     """Samples from a JSONL file (one object per line: ``image`` path(s) relative to the file, ``question``,
     optional ``answer``) or a Hugging Face ``datasets`` dataset (a ``save_to_disk`` folder, or a Hub name with
     ``split``) with the same columns, or in the ``messages`` / LLaVA ``conversations`` formats
-    (:mod:`hf_tokcomp.training.formats`)."""
+    (:mod:`hf_tokcomp.training.formats`). ``columns`` maps a record field to the data's own column name
+    (``{"question": "prompt", "answer": "label"}``)."""
     path = Path(data)
     if path.suffix == ".jsonl":
         if not path.is_file():
@@ -117,6 +120,8 @@ def read_records(data: str | os.PathLike, split: str = "train") -> Sequence[dict
             raise LabelError(f"--data {str(data)!r} could not be read as a dataset: {err}") from err
         if isinstance(records, datasets.DatasetDict):
             records = records[split]
+    if columns:
+        records = _renamed(records, columns, data)
     try:
         records = [normalise_record(r) for r in records]
     except ValueError as err:
@@ -129,6 +134,17 @@ def read_records(data: str | os.PathLike, split: str = "train") -> Sequence[dict
     if missing:
         raise LabelError(f"--data {str(data)!r}: samples need the field(s) {missing}; got {sorted(records[0])}")
     return records
+
+
+def _renamed(records: Sequence[dict[str, Any]], columns: dict[str, str], data: Any) -> list[dict[str, Any]]:
+    """``records`` with the data's columns renamed to record fields (``columns``: field -> column)."""
+    records = list(records)
+    present = set(records[0]) if records else set()
+    missing = sorted(c for c in columns.values() if c not in present)
+    if missing:
+        raise LabelError(f"--columns: --data {str(data)!r} has no column(s) {missing}; it has {sorted(present)}")
+    source = {column: field for field, column in columns.items()}
+    return [{source.get(k, k): v for k, v in r.items() if k not in columns or k in source} for r in records]
 
 
 def build_inputs(processor, record: dict[str, Any]) -> dict[str, torch.Tensor]:
