@@ -134,6 +134,10 @@ class TokComp(lmms):
         if _optional(attn_implementation) is not None:
             kwargs["attn_implementation"] = attn_implementation
         if _optional(dtype) is not None:
+            if dtype != "auto" and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+                raise ValueError(
+                    f"`dtype` must be `auto` or a torch dtype name (bfloat16, float16, float32), got {dtype!r}"
+                )
             kwargs["dtype"] = dtype if dtype == "auto" else getattr(torch, str(dtype))
         if _optional(device_map) is not None:
             kwargs["device_map"] = device_map
@@ -158,9 +162,9 @@ class TokComp(lmms):
             }.items()
             if value != "default"
         }
-        self.policy = VisualPolicy(**{**policy.__dict__, **{k: v for k, v in overrides.items()}})
+        self.policy = VisualPolicy(**{**policy.__dict__, **overrides})
         self.batch_size_per_gpu = int(batch_size)
-        self.compression: list[dict[str, Any]] = []  # per sample of this process, in request order
+        self.compression: list[dict[str, Any]] = []  # per sample of this process in the last generate_until call
 
     @property
     def model(self) -> torch.nn.Module:
@@ -234,7 +238,7 @@ class TokComp(lmms):
         """Answers to ``requests`` in their order, batched ``batch_size`` at a time (same generation settings
         per batch); greedy unless the task asks for ``temperature`` > 0."""
         out: list[GenerationResult] = []
-        started, generated = time.perf_counter(), 0
+        started, generated, self.compression = time.perf_counter(), 0, []
         collator = utils.Collator(
             [r.args for r in requests], lambda a: (-len(self._tokenizer.encode(a[0])), a[0]), grouping=True
         )
