@@ -115,6 +115,10 @@ class TokComp(lmms):
                 "min_pixels, max_pixels, max_num_frames"
             )
         check_token_keep(token_keep)
+        if max_batch_size is not None:
+            raise ValueError(
+                f"`max_batch_size` ({max_batch_size}) belongs to batch_size=auto, which `tokcomp` does not do"
+            )
         if not (isinstance(batch_size, int) or str(batch_size).isdigit()) or int(batch_size) < 1:
             raise ValueError(f"`batch_size` must be a positive integer (no automatic sizing), got {batch_size!r}")
         from accelerate import Accelerator
@@ -193,7 +197,7 @@ class TokComp(lmms):
             images, videos = split_visuals(visuals, self.policy)
             if len(videos) > 1:
                 raise ValueError(f"{task} document {doc_id}: one video per prompt is supported, got {len(videos)}")
-            record: dict[str, Any] = {"question": context.replace("<image>", "").strip()}
+            record: dict[str, Any] = {"question": context.replace("<image>", "")}
             if images:
                 record["image"] = images
             if videos:
