@@ -538,11 +538,11 @@ def test_columns_map_the_datas_own_names_to_record_fields(workspace, tmp_path, c
     """A JSONL whose columns are named otherwise reads, with --columns, as the plain JSONL; a mapped column the
     data lacks, and a malformed pair, are refused by name."""
     plain = read_records(workspace / "data.jsonl")
-    renamed = tmp_path / "renamed.jsonl"
+    renamed = workspace / "renamed.jsonl"
     lines = [json.loads(line) for line in (workspace / "data.jsonl").read_text().splitlines()]
     with renamed.open("w") as f:
         for line in lines:
-            f.write(json.dumps({"img": str(workspace / line["image"]), "prompt": line["question"], "question": "x"}))
+            f.write(json.dumps({"img": line["image"], "prompt": line["question"], "question": "x"}))  # relative paths
             f.write("\n")
     got = read_records(renamed, columns={"image": "img", "question": "prompt"})
     assert [(r["image"], r["question"]) for r in got] == [(str(r["image"]), r["question"]) for r in plain]

@@ -211,7 +211,9 @@ class TokComp(lmms):
 
         return [sum(sizes) for sizes in segment_sizes(self._model, inputs)]
 
-    def _counts(self, inputs: dict[str, torch.Tensor], prompt_length: int, answers: list[torch.Tensor]) -> list:
+    def _counts(self, inputs: dict[str, torch.Tensor], answers: list[torch.Tensor]) -> list:
+        """Per row, lmms-eval's token counts with what compression did (``input_tokens``: the row's prompt tokens,
+        padding excluded, after compression)."""
         selections = self._model.last_compression
         keep, selector = float(self._model.config.token_keep), self._model.config.selector
         if selections is not None:
@@ -224,10 +226,11 @@ class TokComp(lmms):
             )
             kept = totals
         counts = []
-        for total, k, answer in zip(totals, kept, answers, strict=True):
+        lengths = inputs["attention_mask"].sum(1).tolist()
+        for length, total, k, answer in zip(lengths, totals, kept, answers, strict=True):
             counts.append(
                 CompressionCounts(
-                    input_tokens=prompt_length - (total - k),
+                    input_tokens=int(length) - (total - k),
                     output_tokens=int(answer.numel()),
                     visual_tokens=total,
                     visual_tokens_kept=k,
@@ -256,9 +259,8 @@ class TokComp(lmms):
             generate = self._generate_kwargs(gen_kwargs)
             with torch.no_grad():
                 sequences = self._model.generate(**inputs, **generate)
-            prompt_length = inputs["input_ids"].shape[1]
-            answers = cut_at_eos(self._model, sequences, prompt_length)
-            counts = self._counts(inputs, prompt_length, answers)
+            answers = cut_at_eos(self._model, sequences, inputs["input_ids"].shape[1])
+            counts = self._counts(inputs, answers)
             for answer, count in zip(answers, counts, strict=True):
                 text = self._tokenizer.decode(answer, skip_special_tokens=True)
                 for stop in until:

@@ -96,7 +96,7 @@ def read_records(
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = _renamed(json.loads(line), columns or {}, data)  # before paths are resolved
             except json.JSONDecodeError as err:
                 raise LabelError(f"--data {str(data)!r} line {number}: not JSON ({err.msg})") from err
             for key in ("image", "video", "images"):  # paths relative to the file; URLs as they are
@@ -120,8 +120,8 @@ def read_records(
             raise LabelError(f"--data {str(data)!r} could not be read as a dataset: {err}") from err
         if isinstance(records, datasets.DatasetDict):
             records = records[split]
-    if columns:
-        records = _renamed(records, columns, data)
+    if columns and path.suffix != ".jsonl":
+        records = [_renamed(r, columns, data) for r in records]
     try:
         records = [normalise_record(r) for r in records]
     except ValueError as err:
@@ -136,15 +136,16 @@ def read_records(
     return records
 
 
-def _renamed(records: Sequence[dict[str, Any]], columns: dict[str, str], data: Any) -> list[dict[str, Any]]:
-    """``records`` with the data's columns renamed to record fields (``columns``: field -> column)."""
-    records = list(records)
-    present = set(records[0]) if records else set()
-    missing = sorted(c for c in columns.values() if c not in present)
+def _renamed(record: dict[str, Any], columns: dict[str, str], data: Any) -> dict[str, Any]:
+    """``record`` with the data's own column names turned into record fields (``columns``: field -> column);
+    a field's name used as a column the mapping does not name is dropped, so it cannot shadow the mapped one."""
+    if not columns:
+        return record
+    missing = sorted(c for c in columns.values() if c not in record)
     if missing:
-        raise LabelError(f"--columns: --data {str(data)!r} has no column(s) {missing}; it has {sorted(present)}")
+        raise LabelError(f"--columns: --data {str(data)!r} has no column(s) {missing}; it has {sorted(record)}")
     source = {column: field for field, column in columns.items()}
-    return [{source.get(k, k): v for k, v in r.items() if k not in columns or k in source} for r in records]
+    return {source.get(k, k): v for k, v in record.items() if k not in columns or k in source}
 
 
 def build_inputs(processor, record: dict[str, Any]) -> dict[str, torch.Tensor]:
