@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import transformers
@@ -43,3 +45,25 @@ def ours(stock_checkpoint, family):
     """Our class loaded from the stock checkpoint (training-free scores, no compression yet)."""
     _, ours_cls = FAMILIES[family]
     return ours_cls.from_pretrained(stock_checkpoint[1]).eval()
+
+
+#: how a 2-process run of `python -m hf_tokcomp` is started on this CPU (gloo): torchrun, and accelerate's launcher
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hf_tokcomp"],
+    "accelerate": [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "-m",
+        "hf_tokcomp",
+    ],  # fmt: skip
+}
+
+
+@pytest.fixture(params=list(LAUNCHERS))
+def launcher(request) -> list[str]:
+    """The command prefix of a 2-process ``python -m hf_tokcomp`` run (each launcher in turn)."""
+    return LAUNCHERS[request.param]

@@ -224,12 +224,11 @@ def test_oracle_accuracy_on_the_trained_organism_equals_the_naive_reference_and_
     assert wrong < right - 0.2 and right > 0.5, (wrong, right)  # measured: 0.29 vs 0.71
 
 
-def test_eval_over_two_processes_equals_one_process(tmp_path):
-    """`tokcomp eval` under a real 2-process torchrun (gloo on this CPU): the batches are split over the processes
-    and the per-sample results gathered; eval.json and samples.jsonl equal a one-process run."""
+def test_eval_over_two_processes_equals_one_process(tmp_path, launcher):
+    """`tokcomp eval` under 2 real processes (torchrun, `accelerate launch`; gloo on this CPU): the batches are
+    split over the processes and the per-sample results gathered; eval.json and samples.jsonl equal one process."""
     import os
     import subprocess
-    import sys
 
     from hf_tokcomp.organism import ORGANISM_COMPRESSOR_DIR, ORGANISM_DIR
 
@@ -238,8 +237,7 @@ def test_eval_over_two_processes_equals_one_process(tmp_path):
     common += ["--methods", "ours", "attention", "random", "fastv", "--keeps", "1", "0.25", "--batch-size", "4"]
     common += ["--max-new-tokens", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hf_tokcomp"]
-    done = subprocess.run([*torchrun, "eval", *common, "--out", str(tmp_path / "two")], env=env, capture_output=True)
+    done = subprocess.run([*launcher, "eval", *common, "--out", str(tmp_path / "two")], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert tokcomp(["eval", *common, "--out", str(tmp_path / "one")]) == 0
     one, two = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("one", "two"))

@@ -353,17 +353,15 @@ def test_merge_refuses_missing_or_foreign_process_manifests(workspace, tmp_path)
         merge_ranks(tmp_path, 2)
 
 
-def test_torchrun_with_two_processes_writes_the_one_process_shards(workspace, tmp_path):
-    """A real two-process run (gloo on this CPU), `python -m hf_tokcomp` under torchrun."""
+def test_two_processes_write_the_one_process_shards(workspace, tmp_path, launcher):
+    """A real two-process run (gloo on this CPU), `python -m hf_tokcomp` under torchrun and `accelerate launch`."""
     import os
     import subprocess
-    import sys
 
     common = ["--model", str(workspace / "model"), "--data", str(workspace / "data.jsonl"), "--shard-size", "2"]
     common += ["--max-new-tokens", "3"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hf_tokcomp"]
-    done = subprocess.run([*torchrun, "label", *common, "--out", str(tmp_path / "two")], env=env, capture_output=True)
+    done = subprocess.run([*launcher, "label", *common, "--out", str(tmp_path / "two")], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert tokcomp(["label", *common, "--out", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "manifest.json").read_text())
