@@ -41,8 +41,8 @@ def _model_dir(folder: Path, llm_layers: int, vision_layers: int, image_size: in
         "architectures": ["Qwen2VLForConditionalGeneration"],
         "model_type": "qwen2_vl",
         **ids,
-        "bos_token_id": organism["text_config"].get("bos_token_id"),
-        "eos_token_id": organism["text_config"].get("eos_token_id"),
+        "bos_token_id": organism["text_config"]["bos_token_id"],
+        "eos_token_id": organism["text_config"]["eos_token_id"],
         "text_config": {
             "model_type": "qwen2_vl_text",
             "hidden_size": 1536,
@@ -55,6 +55,9 @@ def _model_dir(folder: Path, llm_layers: int, vision_layers: int, image_size: in
             "rms_norm_eps": 1e-6,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
             "tie_word_embeddings": True,
+            "bos_token_id": organism["text_config"]["bos_token_id"],
+            "eos_token_id": organism["text_config"]["eos_token_id"],
+            "pad_token_id": organism["text_config"]["pad_token_id"],
         },
         "vision_config": {
             "model_type": "qwen2_vl",

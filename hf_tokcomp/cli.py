@@ -71,12 +71,7 @@ def _records(args: argparse.Namespace):
         if not sep or not field or not column:
             raise ValueError(f"--columns takes FIELD=COLUMN pairs (e.g. question=prompt), got {pair!r}")
         columns[field] = column
-    records = read_records(args.data, split=args.split, columns=columns)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        records = [records[i] for i in range(min(args.limit, len(records)))]
-    return records
+    return read_records(args.data, split=args.split, columns=columns, limit=args.limit, streaming=args.streaming)
 
 
 def _model(args: argparse.Namespace, device):
@@ -99,6 +94,11 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
         metavar="FIELD=COLUMN",
         help="the data's own column names for the record fields (image, video, question, answer, qtype, evidence), "
         "e.g. --columns question=prompt answer=label",
+    )
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="read a Hub dataset as a stream, only its first --limit samples (never downloaded whole)",
     )
     parser.add_argument(
         "--device-map",
@@ -200,6 +200,21 @@ def _eval(args: argparse.Namespace) -> None:
         )
 
 
+def _processor(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .word_processor import processor_for_model, read_vocab
+
+    template = None if args.chat_template is None else Path(args.chat_template).read_text()
+    processor = processor_for_model(args.model, read_vocab(args.vocab), template, args.min_pixels, args.max_pixels)
+    out = Path(args.out or args.model)
+    processor.save_pretrained(out)
+    print(
+        f"wrote the processor to {out} ({len(processor.tokenizer)} tokens); `tokcomp label --model {args.model}` "
+        "uses it"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokcomp",
@@ -289,6 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default: 0)")
     _data_options(evaluate)
     evaluate.set_defaults(run=_eval)
+
+    processor = sub.add_parser(
+        "processor",
+        help="write a processor for a small Qwen2-VL model with its own word-level vocabulary",
+        description="Build a word-level processor from the model's vocabulary (token -> id) and chat template; "
+        "every special id of the model's config is checked against the vocabulary.",
+    )
+    processor.add_argument("--model", required=True, help="the model's directory (its config.json is read)")
+    processor.add_argument(
+        "--vocab", required=True, help="JSON {token: id}, or text with one token per line (id = line number)"
+    )
+    processor.add_argument("--chat-template", default=None, help="a Jinja chat template file (default: Qwen-style)")
+    processor.add_argument("--out", default=None, help="where to save it (default: --model)")
+    processor.add_argument("--min-pixels", type=int, default=56 * 56, help="resize bound (default: 3136)")
+    processor.add_argument("--max-pixels", type=int, default=28 * 28 * 1280, help="resize bound (default: 1003520)")
+    processor.set_defaults(run=_processor)
 
     # listed for --help; main() hands `tokcomp bench ...` to hf_tokcomp.bench's own parser
     sub.add_parser("bench", help="speed / memory / FLOPs vs the stock model and FastV (`tokcomp bench --help`)")

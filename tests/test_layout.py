@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"testing"},
     {"processor"},
+    {"word_processor"},
     {"teachers"},
     {"training"},
     {"evaluation"},

@@ -549,3 +549,31 @@ def test_columns_map_the_datas_own_names_to_record_fields(workspace, tmp_path, c
     args = ["label", "--model", str(workspace / "model"), "--data", str(renamed), "--out", str(tmp_path / "l")]
     assert tokcomp([*args, "--columns", "image"]) == 2
     assert "--columns takes FIELD=COLUMN pairs" in capsys.readouterr().err
+
+
+def test_streaming_reads_only_the_first_limit_samples(workspace, tmp_path):
+    """`--streaming --limit N` on a folder of data files (what a Hub dataset is): the first N records, equal to the
+    JSONL's; streaming without --limit, or on a JSONL file, is refused by name."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from hf_tokcomp.training.formats import open_image
+
+    plain = read_records(workspace / "data.jsonl")
+    images = [Image.open(r["image"]).convert("RGB") for r in plain]
+    table = datasets.Dataset.from_dict({"question": [r["question"] for r in plain], "image": images})
+    table = table.cast_column("image", datasets.Image())
+    (tmp_path / "parquet").mkdir()
+    table.to_parquet(str(tmp_path / "parquet" / "train-00000.parquet"))
+    got = read_records(tmp_path / "parquet", limit=3, streaming=True)
+    assert len(got) == 3
+    for record, reference, image in zip(got, plain, images, strict=False):
+        assert record["question"] == reference["question"]
+        assert open_image(record["image"]).convert("RGB").tobytes() == image.tobytes()
+    with pytest.raises(LabelError, match="--limit"):
+        read_records(tmp_path / "parquet", streaming=True)
+    with pytest.raises(LabelError, match="drop --streaming"):
+        read_records(workspace / "data.jsonl", limit=2, streaming=True)
+    argv = ["label", "--model", str(workspace / "model"), "--data", str(tmp_path / "parquet"), "--streaming"]
+    assert tokcomp([*argv, "--limit", "2", "--out", str(tmp_path / "labels"), "--max-new-tokens", "2"]) == 0
+    assert json.loads((tmp_path / "labels" / "manifest.json").read_text())["labelled"] == 2

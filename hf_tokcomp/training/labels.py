@@ -80,14 +80,27 @@ def _beside(data_file: Path, value: str) -> str:
 
 
 def read_records(
-    data: str | os.PathLike, split: str = "train", columns: dict[str, str] | None = None
+    data: str | os.PathLike,
+    split: str = "train",
+    columns: dict[str, str] | None = None,
+    limit: int | None = None,
+    streaming: bool = False,
 ) -> Sequence[dict[str, Any]]:
     """Samples from a JSONL file (one object per line: ``image`` path(s) relative to the file, ``question``,
     optional ``answer``) or a Hugging Face ``datasets`` dataset (a ``save_to_disk`` folder, or a Hub name with
     ``split``) with the same columns, or in the ``messages`` / LLaVA ``conversations`` formats
     (:mod:`hf_tokcomp.training.formats`). ``columns`` maps a record field to the data's own column name
-    (``{"question": "prompt", "answer": "label"}``)."""
+    (``{"question": "prompt", "answer": "label"}``). ``limit``: the first ``limit`` samples only. ``streaming``:
+    read a Hub dataset (or a folder of data files) as a stream, only as far as ``limit`` (required), so a large
+    set is never downloaded whole."""
+    if limit is not None and limit < 1:
+        raise LabelError(f"--limit must be >= 1, got {limit}")
     path = Path(data)
+    if streaming and (path.suffix == ".jsonl" or limit is None):
+        raise LabelError(
+            "--streaming reads the first --limit samples of a Hub dataset (or a folder of data files) as a stream: "
+            + ("pass --limit N" if limit is None else "a .jsonl file is read directly; drop --streaming")
+        )
     if path.suffix == ".jsonl":
         if not path.is_file():
             raise LabelError(f"--data {str(data)!r}: no such file")
@@ -113,13 +126,18 @@ def read_records(
                 f"--data {str(data)!r} is not a .jsonl file; reading datasets needs `pip install datasets`"
             ) from err
         try:
-            records = (
-                datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(str(data), split=split)
-            )
+            if streaming:
+                records = list(datasets.load_dataset(str(data), split=split, streaming=True).take(limit))
+            elif path.is_dir():
+                records = datasets.load_from_disk(str(path))
+            else:
+                records = datasets.load_dataset(str(data), split=split)
         except Exception as err:  # noqa: BLE001 - one clear line for the CLI
             raise LabelError(f"--data {str(data)!r} could not be read as a dataset: {err}") from err
         if isinstance(records, datasets.DatasetDict):
             records = records[split]
+    if limit is not None:
+        records = [records[i] for i in range(min(limit, len(records)))]
     if columns and path.suffix != ".jsonl":
         records = [_renamed(r, columns, data) for r in records]
     try:
