@@ -577,3 +577,16 @@ def test_streaming_reads_only_the_first_limit_samples(workspace, tmp_path):
     argv = ["label", "--model", str(workspace / "model"), "--data", str(tmp_path / "parquet"), "--streaming"]
     assert tokcomp([*argv, "--limit", "2", "--out", str(tmp_path / "labels"), "--max-new-tokens", "2"]) == 0
     assert json.loads((tmp_path / "labels" / "manifest.json").read_text())["labelled"] == 2
+
+
+def test_a_video_record_without_a_video_processor_says_what_is_missing(workspace):
+    """The word-level / image-only processor has no video processor (transformers' needs torchvision)."""
+    import numpy as np
+    from PIL import Image
+
+    from hf_tokcomp.training.labels import build_batch
+
+    processor = load_processor(workspace / "model")
+    frames = [Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)) for _ in range(4)]
+    with pytest.raises(LabelError, match="no video processor.*torchvision"):
+        build_batch(processor, [{"video": frames, "question": "what colour is the square ?"}])

@@ -198,6 +198,13 @@ def build_batch(
     if images:
         kwargs["images"] = images
     if videos:
+        if getattr(processor, "video_processor", None) is None:
+            raise LabelError(
+                f"a record holds a video, but the processor ({type(processor).__name__}) has no video processor: "
+                "transformers' Qwen-VL video processors need torchvision (install the torchvision build that "
+                "matches your torch, and a processor folder with a video processor), or give the frames as an "
+                "`image` list, which the image processor reads as separate images"
+            )
         kwargs["videos"] = videos
     return dict(processor(**kwargs))
 
