@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hf_tokcomp.vllm.checkpoint import use_stock_processor
+
 ROOT = Path(__file__).resolve().parents[1]
 ORGANISM = ROOT / "hf_tokcomp" / "organism" / "weights"
 
@@ -76,15 +78,8 @@ def _model_dir(folder: Path, llm_layers: int, vision_layers: int, image_size: in
     (out / "config.json").write_text(json.dumps(config, indent=1))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
         (out / name).write_bytes((ORGANISM / name).read_bytes())
-    processor = json.loads((ORGANISM / "processor_config.json").read_text())
-    processor["image_processor"]["size"] = {"shortest_edge": image_size**2, "longest_edge": image_size**2}
-    processor["processor_class"] = "Qwen2VLProcessor"
-    video = {k: v for k, v in processor["image_processor"].items() if k != "image_processor_type"}
-    processor["video_processor"] = {**video, "video_processor_type": "Qwen2VLVideoProcessor"}
-    (out / "processor_config.json").write_text(json.dumps(processor, indent=1))
-    tokenizer = json.loads((out / "tokenizer_config.json").read_text())
-    tokenizer["processor_class"] = "Qwen2VLProcessor"
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=1))
+    (out / "processor_config.json").write_bytes((ORGANISM / "processor_config.json").read_bytes())
+    use_stock_processor(out, pixels=image_size**2)
     return out
 
 

@@ -50,16 +50,9 @@ def ours(stock_checkpoint, family):
 #: how a 2-process run of `python -m hf_tokcomp` is started on this CPU (gloo): torchrun, and accelerate's launcher
 LAUNCHERS = {
     "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hf_tokcomp"],
-    "accelerate": [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "-m",
-        "hf_tokcomp",
-    ],  # fmt: skip
+    # accelerate's multi-process launcher (with `--cpu` it starts ONE process); without GPUs they use gloo
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    + ["-m", "hf_tokcomp"],
 }
 
 

@@ -363,6 +363,10 @@ def test_two_processes_write_the_one_process_shards(workspace, tmp_path, launche
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     done = subprocess.run([*launcher, "label", *common, "--out", str(tmp_path / "two")], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+    from hf_tokcomp.training.labels import rank_manifest_name
+
+    for rank in range(2):  # two processes really ran (one process alone would write the whole run)
+        assert (tmp_path / "two" / rank_manifest_name(rank, 2)).is_file()
     assert tokcomp(["label", *common, "--out", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "manifest.json").read_text())
     assert json.loads((tmp_path / "two" / "manifest.json").read_text()) == one

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from hf_tokcomp.vllm.checkpoint import use_stock_processor
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 ORGANISM = ROOT / "hf_tokcomp" / "organism" / "weights"
@@ -49,14 +51,7 @@ def organism_dir(tmp_path_factory) -> Path:
     processor class; vLLM's Qwen2-VL asks ``Qwen2VLProcessor`` for a video processor too)."""
     out = tmp_path_factory.mktemp("organism") / "weights"
     shutil.copytree(ORGANISM, out)
-    processor = json.loads((out / "processor_config.json").read_text())
-    processor["processor_class"] = "Qwen2VLProcessor"
-    video = {k: v for k, v in processor["image_processor"].items() if k != "image_processor_type"}
-    processor["video_processor"] = {**video, "video_processor_type": "Qwen2VLVideoProcessor"}
-    (out / "processor_config.json").write_text(json.dumps(processor, indent=1))
-    tokenizer = json.loads((out / "tokenizer_config.json").read_text())
-    tokenizer["processor_class"] = "Qwen2VLProcessor"
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=1))
+    use_stock_processor(out)
     return out
 
 

@@ -178,6 +178,8 @@ def rewrite_positions(
         the chunks without their coordinate channels, the new ``(3, L)`` positions, and the rope delta
         (``max position + 1 - L``).
     """
+    if not chunks:  # vLLM calls the hook for every request of every step; most steps hold no image rows
+        return [], positions, int(positions.max()) + 1 - len(input_ids)
     ids = torch.as_tensor(input_ids, device=positions.device)
     out = positions.clone()
     stripped, coords = [], []
