@@ -50,7 +50,8 @@ def run_lmms(task: Path, out: Path, model_args: str, batch_size: int, processes:
     launch = [sys.executable, "-m", "lmms_eval"]
     if processes > 1:
         accelerate = str(Path(sys.executable).with_name("accelerate"))
-        launch = [accelerate, "launch", "--cpu", "--num_processes", str(processes), "-m", "lmms_eval"]
+        # accelerate's multi-process launcher: with `--cpu` it starts ONE process; without GPUs they use gloo
+        launch = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "-m", "lmms_eval"]
     cmd = [*launch, "--model", "tokcomp", "--model_args", model_args, "--tasks",
            "organism_vqa", "--include_path", str(task), "--batch_size", str(batch_size), "--device", "cpu",
            "--output_path", str(out), "--log_samples"]  # fmt: skip
@@ -103,12 +104,13 @@ def test_answers_equal_tokcomp_eval(task, tokcomp_eval, tmp_path, args, method, 
 
 
 def test_two_processes_under_accelerate_give_the_one_process_answers(task, tokcomp_eval, tmp_path):
-    """``accelerate launch --num_processes 2`` (gloo on the CPU): the same answers, and the compression counts
-    gathered over both processes."""
+    """``accelerate launch --multi_gpu --num_processes 2`` (gloo on the CPU): the same answers, and the compression
+    counts gathered over both processes."""
     samples, results = run_lmms(task, tmp_path, "pretrained=organism,token_keep=0.25,selector=attention", 8, 2)
     expected = [r["answers"]["attention"]["0.25"] for r in tokcomp_eval["samples"]]
     assert [normalise_answer(answer(s)) for s in samples] == expected
     assert results["throughput"]["avg_visual_tokens_kept_per_sample"] == keep_count(0.25, 64)
+    assert results["throughput"]["avg_processes"] == 2  # two processes really ran
 
 
 def test_keep_1_equals_the_stock_model_driven_the_same_way(task, tmp_path):

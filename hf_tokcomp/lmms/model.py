@@ -315,6 +315,7 @@ class TokComp(lmms):
                 "visual_tokens_kept_per_sample": kept / len(every),
                 "visual_keep_ratio": kept / total if total else 1.0,
                 "token_keep": float(self._model.config.token_keep),
+                "processes": self.world_size,
             },
         )
 
