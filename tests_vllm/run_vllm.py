@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--selector", default="uniform")
     parser.add_argument("--max-batched-tokens", type=int, default=2048)
     parser.add_argument("--new-tokens", type=int, default=4)
+    parser.add_argument("--video-limit", type=int, default=0, help="videos per prompt the engine accepts")
     args = parser.parse_args(argv)
     from PIL import Image
     from vllm import LLM, SamplingParams
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         max_num_batched_tokens=args.max_batched_tokens,
         enable_chunked_prefill=True,
         enforce_eager=True,
-        limit_mm_per_prompt={"image": 2, "video": 0},
+        limit_mm_per_prompt={"image": 2, "video": args.video_limit},
         hf_overrides=overrides,
         seed=0,
     )

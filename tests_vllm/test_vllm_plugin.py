@@ -89,3 +89,17 @@ def test_torchvision_imports_next_to_the_cpu_torch():
     from hf_tokcomp.vllm._torchvision import declare_missing_ops
 
     assert declare_missing_ops() == []  # already declared (or torchvision's own ops are there)
+
+
+def test_an_engine_that_accepts_videos_is_refused_at_start(organism_dir, reference):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    prompts, _ = reference
+    script = Path(__file__).with_name("run_vllm.py")
+    command = [sys.executable, str(script), "--model", str(organism_dir), "--prompts", str(prompts), "--out", "-",
+               "--keep", "0.5", "--video-limit", "1"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "prunes images only" in done.stderr and "limit_mm_per_prompt" in done.stderr
