@@ -100,3 +100,12 @@ def test_settings_refuse_what_the_plugin_cannot_do(keep, selector, match):
 def test_positions_in_bfloat16_refuse_grids_they_cannot_hold():
     with pytest.raises(ValueError, match="float32"):
         with_positions(torch.zeros(300, 4, dtype=torch.bfloat16), torch.arange(3), (1, 1, 300))
+
+
+def test_the_transformers_version_check_names_both_versions():
+    """vLLM's environment holds transformers 5.19: the model classes must refuse it by name."""
+    from hf_tokcomp.runtime._compat import check_transformers_version, transformers_supported
+
+    assert transformers_supported("5.23.0") and not transformers_supported("5.19.0")
+    with pytest.raises(ImportError, match=r"transformers>=5\.23\.0,<5\.24.*5\.19\.0 is installed"):
+        check_transformers_version("5.19.0")

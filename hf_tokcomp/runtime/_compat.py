@@ -23,7 +23,7 @@ def transformers_supported(version: str = transformers.__version__) -> bool:
 def check_transformers_version(version: str = transformers.__version__) -> None:
     """Raise ImportError naming the installed and the supported versions when they differ."""
     low, high = SUPPORTED_TRANSFORMERS
-    if not Version(low) <= Version(version) < Version(high):
+    if not transformers_supported(version):
         raise ImportError(
             f"hf_tokcomp supports transformers>={low},<{high} (it subclasses model internals that change "
             f"between minor releases), but transformers {version} is installed. Run "

@@ -187,20 +187,19 @@ def rewrite_positions(
         embeds, xyz = split_positions(chunk)
         stripped.append(embeds)
         coords.append(xyz)
-    if coords:
-        xyz = torch.cat(coords).to(positions.device)
-        placeholder = (ids == image_token_id).nonzero().flatten()
-        starts = torch.ones_like(placeholder, dtype=torch.bool)
-        starts[1:] = placeholder[1:] != placeholder[:-1] + 1
-        run_start = placeholder[starts][torch.cumsum(starts.long(), 0) - 1]
-        todo = placeholder >= num_computed_tokens
-        where, first = placeholder[todo][: len(xyz)], run_start[todo][: len(xyz)]
-        if len(where) != len(xyz):
-            raise RuntimeError(
-                f"{len(xyz)} image embeddings for {len(where)} remaining placeholders: the prompt and the encoder "
-                "outputs disagree (report this with the prompt)"
-            )
-        base = out[0, first - 1] + 1  # the token before an image's run is its <|vision_start|> (a text token)
-        out[:, where] = base[None, :] + xyz.T.to(out.dtype)
+    xyz = torch.cat(coords).to(positions.device)
+    placeholder = (ids == image_token_id).nonzero().flatten()
+    starts = torch.ones_like(placeholder, dtype=torch.bool)
+    starts[1:] = placeholder[1:] != placeholder[:-1] + 1
+    run_start = placeholder[starts][torch.cumsum(starts.long(), 0) - 1]
+    todo = placeholder >= num_computed_tokens
+    where, first = placeholder[todo][: len(xyz)], run_start[todo][: len(xyz)]
+    if len(where) != len(xyz):
+        raise RuntimeError(
+            f"{len(xyz)} image embeddings for {len(where)} remaining placeholders: the prompt and the encoder "
+            "outputs disagree (report this with the prompt)"
+        )
+    base = out[0, first - 1] + 1  # the token before an image's run is its <|vision_start|> (a text token)
+    out[:, where] = base[None, :] + xyz.T.to(out.dtype)
     delta = int(out.max()) + 1 - len(ids)
     return stripped, out, delta
