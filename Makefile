@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Small-model tests and demos run much faster single-threaded on a shared 2-core machine.
 RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup test test-lmms test-vllm lint demo demo-quick organism organism-v2 ship-compressor bench bench-all tfharness clean
+.PHONY: help setup test test-lmms test-vllm lint demo demo-quick organism ship-compressor bench bench-all tfharness clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -58,16 +58,11 @@ demo: $(STAMP)  ## the whole pipeline on the shipped organism: label, train a co
 demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the baselines (~2.5 min)
 	$(RUN) $(BIN)/python -m hf_tokcomp.demo --quick --out demo_out
 
-organism: $(STAMP)  ## train the organism from scratch (seeded, resumable; ~1 h on 1 core) and install its weights
-	$(RUN) $(BIN)/python -m hf_tokcomp.organism.train --out runs/organism
+organism: $(STAMP)  ## train the organism from scratch (seeded, resumable; ~1.5 h on 2 cores) and install its weights
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m hf_tokcomp.organism.train --out runs/organism
 	rm -rf hf_tokcomp/organism/weights hf_tokcomp/organism/compressor && cp -r runs/organism/final hf_tokcomp/organism/weights
 	@echo "the shipped compressor was trained for the old weights and is removed: run make ship-compressor"
-	$(RUN) $(BIN)/python -m hf_tokcomp.organism.report --out benchmarks/results/organism.md
-
-organism-v2: $(STAMP)  ## train organism v2 from scratch (in development: seeded, resumable, ~1 h on 2 cores)
-	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m hf_tokcomp.organism.v2.train --out runs/organism_v2
-	rm -rf hf_tokcomp/organism/v2/weights && cp -r runs/organism_v2/final hf_tokcomp/organism/v2/weights
-	$(RUN) $(BIN)/python -m hf_tokcomp.organism.v2.report --out benchmarks/results/organism_v2.md --log runs/organism_v2/log.jsonl
+	$(RUN) $(BIN)/python -m hf_tokcomp.organism.report --out benchmarks/results/organism.md --log runs/organism/log.jsonl
 
 ship-compressor: demo  ## install the compressor trained by `make demo` as the shipped organism compressor
 	rm -rf hf_tokcomp/organism/compressor && mkdir -p hf_tokcomp/organism/compressor

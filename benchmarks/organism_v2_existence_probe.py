@@ -22,10 +22,10 @@ import torch
 from transformers import Qwen2VLForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from hf_tokcomp.organism.train import answer_accuracy
-from hf_tokcomp.organism.v2.aux_targets import cell_classes
-from hf_tokcomp.organism.v2.model import encode_samples, organism_config, organism_processor
-from hf_tokcomp.organism.v2.task import Sample, ask, draw, make_scene
+from hf_tokcomp.organism.aux_targets import cell_classes
+from hf_tokcomp.organism.model import encode_samples, organism_config, organism_processor
+from hf_tokcomp.organism.task import Sample, ask, draw, make_scene
+from hf_tokcomp.organism.validation import answer_accuracy
 
 GRID = 4
 

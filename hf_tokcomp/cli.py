@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(run=_train)
 
-    from .evaluation.harness import METHODS
+    from .evaluation.harness import DEFAULT_METHODS
 
     evaluate = sub.add_parser(
         "eval",
@@ -293,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="output directory")
     evaluate.add_argument("--processor", default=None, help="processor directory (default: --model)")
     evaluate.add_argument("--split", default="test", help="dataset split for Hub datasets (default: test)")
-    evaluate.add_argument("--methods", nargs="+", default=list(METHODS), help=f"default: {' '.join(METHODS)}")
+    evaluate.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        help=f"default: {' '.join(DEFAULT_METHODS)}; also: downsample (Qwen-VL: the image at a lower resolution)",
+    )
     evaluate.add_argument(
         "--keeps", nargs="+", type=float, default=[1.0, 0.75, 0.5, 0.25, 0.1], help="default: 1 0.75 0.5 0.25 0.1"
     )

@@ -13,7 +13,7 @@ from hf_tokcomp.evaluation.baselines import oracle_scores
 from hf_tokcomp.evaluation.harness import EvalSettings, evaluate
 from hf_tokcomp.organism.export import write_split
 from hf_tokcomp.organism.model import organism_config, organism_processor
-from hf_tokcomp.organism.task import make_split
+from hf_tokcomp.organism.task import QUESTION_TYPES, make_split
 from hf_tokcomp.training.labels import build_batch
 
 from .reference import naive_kept_positions, qwen_segment_sizes, stock_logits_on_shortened
@@ -42,10 +42,11 @@ def setup(tmp_path_factory):
     return root, stock, ours, processor
 
 
-def _records(n: int):
+def _records(n: int, qtypes: tuple[str, ...] = QUESTION_TYPES):
     return [
-        {"image": s.image, "question": s.question, "answer": s.answer, "qtype": s.qtype, "evidence": s.evidence}
-        for s in make_split("test", n)
+        {"image": s.images if len(s.images) > 1 else s.image, "question": s.question, "answer": s.answer}
+        | {"qtype": s.qtype, "evidence": s.evidence, "question_first": s.question_first}
+        for s in make_split("test", n, qtypes=qtypes)
     ]
 
 
@@ -60,7 +61,7 @@ def test_oracle_scores_rank_the_evidence_first_then_spread_evenly():
 
 def test_accuracies_match_the_stock_model_on_hand_shortened_inputs(setup):
     _, stock, ours, processor = setup
-    records = _records(6)
+    records = _records(6, qtypes=("shape", "exists", "left_of", "below", "count"))  # one image each
     inputs = build_batch(processor, records)
     sizes = qwen_segment_sizes(inputs, stock.config)
 
@@ -79,14 +80,14 @@ def test_accuracies_match_the_stock_model_on_hand_shortened_inputs(setup):
         tokens = []
         for b, record in enumerate(records):
             one = {k: (v[b : b + 1] if v.shape[0] == len(records) else v) for k, v in inputs.items()}
-            one["pixel_values"] = inputs["pixel_values"][b * 256 : (b + 1) * 256]
+            one["pixel_values"] = inputs["pixel_values"][b * 576 : (b + 1) * 576]  # 24 x 24 patches
             one["image_grid_thw"] = inputs["image_grid_thw"][b : b + 1]
             kept = naive_kept_positions(one, qwen_segment_sizes(one, stock.config), naive_oracle(record), keep)
             with torch.no_grad():
                 logits = stock_logits_on_shortened(stock, one, kept)[0]
             tokens.append(int(logits[-1].argmax()))
         first_tokens[keep] = tokens
-    assert sizes[stock.config.image_token_id] == [64] * 6
+    assert sizes[stock.config.image_token_id] == [144] * 6
     words = processor.tokenizer.convert_ids_to_tokens(first_tokens[0.25])
     answers = [processor.tokenizer.decode([t], skip_special_tokens=True) for t in first_tokens[0.25]]
     for record, answer in zip(records, answers, strict=True):
@@ -99,7 +100,7 @@ def test_accuracies_match_the_stock_model_on_hand_shortened_inputs(setup):
     )
     assert result["accuracy"]["oracle"]["0.25"]["all"] == 1.0
     assert result["accuracy"]["oracle"]["1.0"]["all"] == pytest.approx(agree)
-    assert result["visual_tokens"] == {"1.0": 64.0, "0.25": 16.0}
+    assert result["visual_tokens"] == {"1.0": 144.0, "0.25": 36.0}
 
 
 def test_every_method_runs_and_restores_the_model(setup):
@@ -122,7 +123,7 @@ def test_every_method_runs_and_restores_the_model(setup):
         "occlusion",
         "oracle",
     }
-    assert set(result["counts"]) == {"all", "colour", "exists", "left_of", "below", "count"}
+    assert set(result["counts"]) == {"all", *QUESTION_TYPES, "question_after", "question_before"}
     flops = result["flops"]
     assert flops["ours"]["0.5"]["llm"] < 0.7 * flops["none"]["1.0"]["llm"]
     assert flops["ours"]["0.5"]["llm"] < flops["fastv"]["0.5"]["llm"] < flops["none"]["1.0"]["llm"]
@@ -245,3 +246,36 @@ def test_eval_over_two_processes_equals_one_process(tmp_path, launcher):
     for key in ("accuracy", "retention", "retention_ci95", "visual_tokens", "flops", "counts"):
         assert one[key] == two[key], key
     assert (tmp_path / "one" / "samples.jsonl").read_text() == (tmp_path / "two" / "samples.jsonl").read_text()
+
+
+def test_downsample_gives_the_stock_model_the_smaller_image(setup):
+    """The `downsample` baseline equals the stock model on images resized by hand to the processor's rule: sides
+    rounded down to 28 px multiples within keep x 144 tokens (0.25: 36 -> 6 x 6; 0.11: 15.8 -> 3 x 3)."""
+    import copy
+
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    _, stock, ours, processor = setup
+    records = _records(8, qtypes=("shape", "exists", "left_of", "below", "count"))
+    settings = EvalSettings(keeps=(1.0, 0.25, 0.11), methods=("downsample",), max_new_tokens=1, flops=False)
+    result = evaluate(ours, processor, records, None, settings)
+    assert result["downsample_tokens"] == {"0.25": 36.0, "0.11": 9.0}
+    reference = copy.copy(processor)  # the processor's own bounds would enlarge the 84 px image to 112 px
+    reference.image_processor = Qwen2VLImageProcessorPil(
+        patch_size=14, merge_size=2, size={"shortest_edge": 28 * 28, "longest_edge": 336 * 336}
+    )
+    for keep, side in (("0.25", 168), ("0.11", 84)):
+        small = [r | {"image": r["image"].resize((side, side), Image.BICUBIC)} for r in records]
+        inputs = build_batch(reference, small)
+        assert inputs["image_grid_thw"][:, 1:].tolist() == [[side // 14, side // 14]] * len(records)
+        with torch.no_grad():
+            out = stock.generate(**inputs, max_new_tokens=1, do_sample=False)[:, -1:]
+        expected = [processor.tokenizer.decode(t, skip_special_tokens=True).strip() for t in out]
+        assert [s["answers"]["downsample"][keep] for s in result["samples"]] == expected
+
+
+def test_downsample_is_refused_for_a_processor_without_pixel_bounds(setup):
+    _, _, ours, processor = setup
+    with pytest.raises(ValueError, match="downsample"):
+        evaluate(ours, processor.tokenizer, _records(2), None, EvalSettings(methods=("downsample",)))

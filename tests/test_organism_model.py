@@ -16,7 +16,7 @@ from hf_tokcomp.organism.train import OrganismTrainArguments, train_organism
 
 def test_training_batches_hold_the_processors_ids():
     processor = organism_processor()
-    samples = make_split("train", 6)
+    samples = make_split("train", 12)
     full = encode_samples(processor, samples, with_answers=True)
     fast = encode_samples(processor, samples, with_answers=True, tokens_only=True)
     for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels"):
@@ -25,6 +25,9 @@ def test_training_batches_hold_the_processors_ids():
     assert "<pad>" not in words[words.index("<|im_start|>") :], "every prompt word must be in the vocabulary"
     answers = processor.tokenizer.batch_decode(full["labels"][:, -2:-1])
     assert answers == [s.answer for s in samples]
+    images = [len(s.images) for s in samples]  # two-image samples and both prompt orders are in the batch
+    assert full["image_grid_thw"].shape[0] == sum(images) and 2 in images
+    assert {s.question_first for s in samples} == {True, False}
 
 
 def _args(out, steps):
@@ -35,10 +38,10 @@ def _args(out, steps):
         questions_per_scene=2,
         hidden_size=64,
         eval_every=2,
-        val_samples=5,
+        val_samples=12,
         warmup=2,
         stage_min=1,
-        stage_budget=2,  # a curriculum stage change every 2 steps
+        stage_budget=1,  # stage budgets 3, 3, 2, 2, 1, 1 steps (12 / grid each)
         vision_warmup=2,
     )
 
@@ -63,8 +66,8 @@ def test_ctrl_c_then_resume_gives_the_same_weights_as_one_run(tmp_path, monkeypa
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [2, 4, 6, 7] and [r["stage"] for r in log] == [1, 2, 3, 3]
-    assert set(log[0]["val"]) >= {"all", "colour"}
+    assert [r["step"] for r in log] == [2, 4, 6, 7] and [r["stage"] for r in log] == [0, 1, 1, 2]
+    assert set(log[0]["val"]) >= {"all", "shape", "which_image", "question_before", "question_after"}
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):

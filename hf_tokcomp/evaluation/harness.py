@@ -12,7 +12,10 @@ Methods (all input-stage methods go through the model's own budget rule, gather 
 - ``teacher``: the GAE relevance of the model's own answer (what the compressor is trained to imitate; it needs
   the answer, so it is a reference, not a deployable method);
 - ``occlusion``: the alternative teacher signal, leave-one-out occlusion of the model's own answer (a reference);
-- ``oracle``: the records' ground-truth ``evidence`` token indices first (a reference; needs ``evidence``).
+- ``oracle``: the records' ground-truth ``evidence`` token indices first (a reference; needs ``evidence``);
+- ``downsample``: no selection, the image at a lower resolution making about ``keep`` x its tokens
+  (:mod:`~hf_tokcomp.evaluation.downsample`; a comparison for Qwen-VL processors; ``visual_tokens_used``
+  records what it made).
 
 Retention = accuracy / uncompressed accuracy, overall, per question type (the records' ``qtype`` field) and per
 prompt order (where records say ``question_first``: ``question_before`` / ``question_after`` the image(s)).
@@ -32,11 +35,12 @@ from ..teachers.gae import cut_at_eos, visual_relevance
 from ..teachers.occlusion import occlusion_relevance
 from ..training.labels import build_batch, normalise_answer
 from .baselines import PresetScores, RandomScores, UniformScores, oracle_scores, uniform_scores
+from .downsample import downsampled_processor
 from .fastv import fastv_generate
 from .flops import flop_counter
 from .intervals import retention_interval
 
-__all__ = ["METHODS", "EvalSettings", "evaluate", "prefill_flops", "segment_sizes"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "EvalSettings", "evaluate", "prefill_flops", "segment_sizes"]
 
 METHODS = (
     "ours",
@@ -50,7 +54,10 @@ METHODS = (
     "teacher",
     "occlusion",
     "oracle",
+    "downsample",
 )
+#: what :class:`EvalSettings` measures unless told: every method but ``downsample`` (Qwen-VL processors only)
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "downsample")
 #: methods that are runtime selectors (``model.config.selector``); the others set ``model.compressor``
 SELECTOR_METHODS = ("uniform", "divprune", "dart", "cdpruner")
 
@@ -61,7 +68,7 @@ class EvalSettings:
     None = 2 (the paper's K), or 1 for a 2-layer LLM; ``flops``: also count prefill FLOPs per method and keep."""
 
     keeps: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.1)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     batch_size: int = 32
     max_new_tokens: int = 8
     fastv_k: int | None = None  # None: 2 (the paper's K), or 1 for a 2-layer LLM
@@ -249,6 +256,8 @@ def evaluate(
             raise ValueError(
                 f"`fastv_k` must be in [1, {layers - 1}] for this {layers}-layer LLM, got {settings.fastv_k}"
             )
+    if "downsample" in methods:
+        downsampled_processor(processor, 0.5, 1)  # refuses a processor without pixel bounds before any work
     if "ours" in methods and compressor is None:
         raise ValueError("`compressor` is required for the `ours` method (or leave `ours` out of `methods`)")
     if "oracle" in methods and any("evidence" not in r for r in records):
@@ -280,6 +289,7 @@ def evaluate(
     chosen: dict[str, dict[float, list[list[int] | None]]] = {m: {} for m in methods}
     full: list[bool] = []
     full_answers: list[str] = []
+    used: dict[float, list[int]] = {}  # visual tokens per sample that `downsample` made
     steps = len(batches) * (1 + len(methods) * len(keeps))
     bar = tqdm(total=steps, desc="evaluating", disable=not progress)
     try:
@@ -311,12 +321,18 @@ def evaluate(
                     if isinstance(model.compressor, PresetScores):
                         model.compressor.load(_preset(method, batch))
                     fastv = (keep, settings.fastv_k) if method == "fastv" else None
+                    run = batch
+                    if method == "downsample":
+                        model.config.token_keep = 1.0
+                        smaller = downsampled_processor(processor, keep, max(map(sum, batch.segment_sizes)))
+                        run = _Batch(batch.records, build_batch(smaller, batch.records))
+                        used.setdefault(keep, []).extend(map(sum, segment_sizes(model, run.inputs)))
                     right, texts = _right(
-                        tokenizer, _answers(model, batch, settings.max_new_tokens, fastv), batch.records
+                        tokenizer, _answers(model, run, settings.max_new_tokens, fastv), batch.records
                     )
                     hits += right
                     said += texts
-                    kept += [None] * len(texts) if fastv else _kept(model, len(texts))
+                    kept += [None] * len(texts) if fastv or run is not batch else _kept(model, len(texts))
                     if isinstance(model.compressor, PresetScores) and model.compressor.queue:
                         raise RuntimeError(f"{method}: {len(model.compressor.queue)} preset segment(s) were not scored")
                     bar.update(1)
@@ -330,6 +346,11 @@ def evaluate(
                 model.config.selector = method if method in SELECTOR_METHODS else "auto"
                 if isinstance(model.compressor, PresetScores):
                     model.compressor = UniformScores()  # same cost as preset scores
+                if method == "downsample":  # the smaller image, uncompressed
+                    small = {k: downsampled_processor(processor, k, sum(segment_sizes(model, first)[0])) for k in keeps}
+                    first_at = {k: _on(model, build_batch(small[k], [records[0]])) for k in keeps}
+                    flops[method] = {str(k): prefill_flops(model, first_at[k], method, 1.0) for k in keeps}
+                    continue
                 flops[method] = {str(k): prefill_flops(model, first, method, k, settings.fastv_k) for k in keeps}
     finally:
         bar.close()
@@ -350,6 +371,7 @@ def evaluate(
             "answers": {m: {str(k): given[m][k][i] for k in keeps} for m in methods},
             "kept": {m: {str(k): chosen[m][k][i] for k in keeps} for m in methods},
         }
+        | ({"downsample_tokens": {str(k): used[k][i] for k in keeps}} if used else {})
         for i, index in enumerate(mine)
     ]
     if world_size > 1:
@@ -395,6 +417,15 @@ def evaluate(
         "retention": retention,
         "retention_ci95": retention_ci,
         "visual_tokens": {"1.0": total_tokens / len(records)} | {str(k): kept_tokens[k] / len(records) for k in keeps},
+        **(
+            {
+                "downsample_tokens": {
+                    str(k): sum(x["downsample_tokens"][str(k)] for x in samples) / len(records) for k in keeps
+                }
+            }
+            if "downsample" in methods
+            else {}
+        ),
         "flops": flops,
         "settings": asdict(settings),
         "samples": samples,

@@ -38,6 +38,9 @@ def eval_markdown(result: dict[str, Any]) -> str:
         cells = [_with_ci(result, method, k, "all") for k in keeps]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("| visual tokens / sample | " + " | ".join(f"{result['visual_tokens'][k]:.1f}" for k in keeps) + " |")
+    if "downsample_tokens" in result:
+        cells = [f"{result['visual_tokens']['1.0']:.1f}"] + [f"{result['downsample_tokens'][k]:.1f}" for k in keeps[1:]]
+        lines.append("| visual tokens / sample, downsample | " + " | ".join(cells) + " |")
     if result.get("flops"):
         full = result["flops"]["none"]["1.0"]
         for method in ("ours", "fastv"):

@@ -1,8 +1,14 @@
 """The organism: a small Qwen2-VL trained from scratch on CPU on a synthetic visual QA task, to measure on.
 
+12 x 12 = 144 visual tokens per image, 10-24 objects (4 shapes x 8 colours), six question types whose evidence the
+question's words mostly do not point at (attribute look-up, existence with hard "no" cases, left-of, below,
+counts, and a two-image type), both prompt orders, and a 4-layer LLM.
+
 - :mod:`~hf_tokcomp.organism.task`: scenes, questions, answers and the evidence tokens of each answer;
 - :mod:`~hf_tokcomp.organism.model`: the architecture (stock ``Qwen2VLForConditionalGeneration``), processor
-  and batches; :mod:`~hf_tokcomp.organism.train`: the training script (``make organism``);
+  and batches; :mod:`~hf_tokcomp.organism.train`: the training script (``make organism``), with its
+  training-only targets (:mod:`~hf_tokcomp.organism.aux_targets`, :mod:`~hf_tokcomp.organism.retrieval`);
+- :mod:`~hf_tokcomp.organism.validation`: answer accuracy; :mod:`~hf_tokcomp.organism.report`: the report card;
 - :mod:`~hf_tokcomp.organism.export`: splits as JSONL + PNG for ``tokcomp label / train / eval``;
 - the trained weights ship inside the package: :func:`load_organism`.
 """

@@ -1,7 +1,9 @@
 """Write an organism split as a dataset the ``tokcomp`` commands read: ``SPLIT.jsonl`` + PNG images.
 
-``python -m hf_tokcomp.organism.export --split test --n 500 --out data/organism``: each line holds ``image``
-(path relative to the file), ``question``, ``answer``, ``qtype`` and ``evidence`` (visual-token indices).
+``python -m hf_tokcomp.organism.export --split test --n 1200 --out data/organism``: each line holds ``image``
+(path relative to the file; a list of two for ``which_image``), ``question``, ``answer``, ``question_first``
+(whether the question stands before the image(s)), ``qtype``, ``objects`` (how many in the first image) and
+``evidence`` (visual-token indices over the images' tokens one image after the other, the answer's own first).
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ def write_split(split: str, n: int, out: str | os.PathLike, seed: int = 0) -> Pa
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i, sample in enumerate(make_split(split, n, seed=seed)):
-        name = f"images/{split}-{i:05d}.png"
-        sample.image.save(out / name)
-        record = {"image": name, "question": sample.question, "answer": sample.answer}
-        lines.append(json.dumps(record | {"qtype": sample.qtype, "evidence": sample.evidence}))
+        names = [
+            f"images/{split}-{i:05d}" + (f"-{k}" if len(sample.images) > 1 else "") + ".png"
+            for k in range(len(sample.images))
+        ]
+        for name, image in zip(names, sample.images, strict=True):
+            image.save(out / name)
+        record = {"image": names[0] if len(names) == 1 else names, "question": sample.question, "answer": sample.answer}
+        record |= {"question_first": sample.question_first, "qtype": sample.qtype, "objects": len(sample.objects)}
+        lines.append(json.dumps(record | {"evidence": sample.evidence}))
     path = out / f"{split}.jsonl"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")

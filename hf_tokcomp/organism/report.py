@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
 
+from ..runtime.selection import keep_count
 from . import ORGANISM_DIR
-from .task import make_split
-from .train import validate
+from .task import GRID, make_split
+from .validation import validate
 
 __all__ = ["organism_report", "training_curve", "main"]
 
@@ -62,8 +64,18 @@ def training_curve(log: Path, path: Path, compare: dict[str, Path], step_unit: s
     plt.close(fig)
 
 
-def organism_report(n: int = 1000) -> dict:
-    """Test accuracy per question type on ``n`` test samples, with the real and with blanked images."""
+def _wilson(p: float, n: int) -> list[float]:
+    """95% Wilson interval of a proportion ``p`` over ``n`` samples."""
+    z = 1.96
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def organism_report(n: int = 1200) -> dict:
+    """Test accuracy per question type and prompt order on ``n`` test samples (with 95% Wilson intervals), with
+    the real and with blanked images, and what makes the organism a measuring instrument: LLM depth, visual
+    tokens per image, and the share of test scenes whose objects do not fit in 11% of the visual tokens."""
     from transformers import Qwen2VLForConditionalGeneration
 
     from ..processor import load_processor
@@ -72,10 +84,23 @@ def organism_report(n: int = 1000) -> dict:
     model = Qwen2VLForConditionalGeneration.from_pretrained(ORGANISM_DIR).eval()
     processor = load_processor(ORGANISM_DIR)
     test = make_split("test", n)
+    accuracy = validate(model, processor, test)
+    counts = {
+        g: sum(g in (s.qtype, "all", "question_before" if s.question_first else "question_after") for s in test)
+        for g in accuracy
+    }
+    scenes = [scene for s in test for scene in s.scenes]
+    budget = keep_count(0.11, GRID * GRID)
     return {
+        "command": f"python -m hf_tokcomp.organism.report --n {n} (make organism)",
         "test_samples": n,
-        "accuracy": validate(model, processor, test),
+        "counts": counts,
+        "accuracy": accuracy,
+        "accuracy_ci95": {g: _wilson(a, counts[g]) for g, a in accuracy.items()},
         "blanked_image_accuracy": validate(model, processor, test, blank=True),
+        "llm_layers": model.config.text_config.num_hidden_layers,
+        "visual_tokens_per_image": GRID * GRID,
+        "scenes_over_budget_at_0.11": sum(len(scene) > budget for scene in scenes) / len(scenes),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -83,7 +108,7 @@ def organism_report(n: int = 1000) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hf_tokcomp.organism.report", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="markdown file to write (a .json and a _curve.png beside it)")
-    parser.add_argument("--n", type=int, default=1000, help="test samples (default: 1000)")
+    parser.add_argument("--n", type=int, default=1200, help="test samples (default: 1200)")
     parser.add_argument("--log", default="runs/organism/log.jsonl", help="training log for the curve")
     parser.add_argument(
         "--compare", nargs="*", default=[], metavar="LABEL=LOG", help="other runs' logs to overlay (LABEL=PATH)"
@@ -95,11 +120,17 @@ def main(argv: list[str] | None = None) -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     types = list(result["accuracy"])
     lines = [
-        f"Organism ({result['parameters'] / 1e6:.2f} M parameters), greedy accuracy (%) on {args.n} test samples:",
+        f"Organism ({result['parameters'] / 1e6:.2f} M parameters, {result['llm_layers']} LLM layers, "
+        f"{result['visual_tokens_per_image']} visual tokens per image; the objects of "
+        f"{100 * result['scenes_over_budget_at_0.11']:.0f}% of the test scenes do not fit in 11% of them), greedy "
+        f"accuracy (%) on {args.n} test samples (`{result['command']}`):",
         "",
         "| image | " + " | ".join(types) + " |",
         "|---" * (len(types) + 1) + "|",
         "| real | " + " | ".join(f"{100 * result['accuracy'][t]:.1f}" for t in types) + " |",
+        "| real, 95% interval | "
+        + " | ".join(f"{100 * lo:.1f}-{100 * hi:.1f}" for lo, hi in (result["accuracy_ci95"][t] for t in types))
+        + " |",
         "| blanked | " + " | ".join(f"{100 * result['blanked_image_accuracy'][t]:.1f}" for t in types) + " |",
     ]
     bad = [item for item in args.compare if "=" not in item]
@@ -107,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--compare takes LABEL=PATH items, got {bad}")
     compare = dict(item.split("=", 1) for item in args.compare)
     if Path(args.log).is_file():
-        training_curve(Path(args.log), out.with_name(out.stem + "_curve.png"), {k: Path(v) for k, v in compare.items()})
+        curve = out.with_name(out.stem + "_curve.png")
+        training_curve(Path(args.log), curve, {k: Path(v) for k, v in compare.items()}, "8 images x 8 questions")
         lines += ["", f"![training curve]({out.stem}_curve.png)"]
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,6 +1,6 @@
 """Training-only auxiliary targets of the organism: what each visual token should come to know.
 
-Used by :mod:`~hf_tokcomp.organism.v2.train` through small linear heads that are dropped after training:
+Used by :mod:`~hf_tokcomp.organism.train` through small linear heads that are dropped after training:
 
 - on the vision tower's output, each cell's content (empty, or shape x colour): the LLM then starts from visual
   tokens that already say what their cell holds;
