@@ -16,6 +16,6 @@ def test_quickstart_notebook_executes(tmp_path):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "token_keep=0.25  visual tokens 16/64" in text
+    assert "token_keep=0.25  visual tokens  36/144" in text
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert (tmp_path / "retention.png").stat().st_size > 1000

@@ -39,6 +39,7 @@ from .downsample import downsampled_processor
 from .fastv import fastv_generate
 from .flops import flop_counter
 from .intervals import retention_interval
+from .memo import MergeMemo
 
 __all__ = ["METHODS", "DEFAULT_METHODS", "EvalSettings", "evaluate", "prefill_flops", "segment_sizes"]
 
@@ -292,12 +293,15 @@ def evaluate(
     used: dict[float, list[int]] = {}  # visual tokens per sample that `downsample` made
     steps = len(batches) * (1 + len(methods) * len(keeps))
     bar = tqdm(total=steps, desc="evaluating", disable=not progress)
+    memo = MergeMemo(model)
     try:
-        model.config.token_keep = 1.0
-        for batch in batches:
+        for start, batch in zip(starts, batches, strict=True):  # every method on one batch, then the next
+            model.compressor, model.config.selector = saved[0], saved[2]
+            model.config.token_keep = 1.0
             batch.inputs = build_batch(processor, batch.records)
-            batch.segment_sizes = segment_sizes(model, batch.inputs)
-            answers = _answers(model, batch, settings.max_new_tokens)
+            with memo.on():
+                batch.segment_sizes = segment_sizes(model, batch.inputs)
+                answers = _answers(model, batch, settings.max_new_tokens)
             right, texts = _right(tokenizer, answers, batch.records)
             full += right
             full_answers += texts
@@ -308,14 +312,11 @@ def evaluate(
                     one = _on(model, build_batch(processor, [record]))
                     batch.occlusion.append(occlusion_relevance(model, one, answer))
             bar.update(1)
-        for method in methods:
-            model.compressor = modules.get(method)
-            model.config.selector = method if method in SELECTOR_METHODS else "auto"
-            for keep in keeps:
-                hits = correct[method].setdefault(keep, [])
-                said, kept = given[method].setdefault(keep, []), chosen[method].setdefault(keep, [])
-                for start, batch in zip(starts, batches, strict=True):
-                    model.config.token_keep = 1.0 if method == "fastv" else keep
+            for method in methods:
+                model.compressor = modules.get(method)
+                model.config.selector = method if method in SELECTOR_METHODS else "auto"
+                for keep in keeps:
+                    model.config.token_keep = 1.0 if method in ("fastv", "downsample") else keep
                     if isinstance(model.compressor, RandomScores):  # the same draws whatever the process count
                         model.compressor.generator.manual_seed(settings.seed * 1_000_003 + start)
                     if isinstance(model.compressor, PresetScores):
@@ -323,19 +324,20 @@ def evaluate(
                     fastv = (keep, settings.fastv_k) if method == "fastv" else None
                     run = batch
                     if method == "downsample":
-                        model.config.token_keep = 1.0
                         smaller = downsampled_processor(processor, keep, max(map(sum, batch.segment_sizes)))
                         run = _Batch(batch.records, build_batch(smaller, batch.records))
                         used.setdefault(keep, []).extend(map(sum, segment_sizes(model, run.inputs)))
-                    right, texts = _right(
-                        tokenizer, _answers(model, run, settings.max_new_tokens, fastv), batch.records
-                    )
-                    hits += right
-                    said += texts
-                    kept += [None] * len(texts) if fastv or run is not batch else _kept(model, len(texts))
+                    with memo.on():
+                        answers = _answers(model, run, settings.max_new_tokens, fastv)
+                    right, texts = _right(tokenizer, answers, batch.records)
+                    correct[method].setdefault(keep, []).extend(right)
+                    given[method].setdefault(keep, []).extend(texts)
+                    kept = [None] * len(texts) if fastv or run is not batch else _kept(model, len(texts))
+                    chosen[method].setdefault(keep, []).extend(kept)
                     if isinstance(model.compressor, PresetScores) and model.compressor.queue:
                         raise RuntimeError(f"{method}: {len(model.compressor.queue)} preset segment(s) were not scored")
                     bar.update(1)
+            batch.inputs, batch.teacher, batch.occlusion = {}, [], []  # only one batch's tensors are held at a time
         flops: dict[str, dict[str, int]] = {}
         if settings.flops and rank == 0:
             first = _on(model, build_batch(processor, [records[0]]))
@@ -354,6 +356,7 @@ def evaluate(
                 flops[method] = {str(k): prefill_flops(model, first, method, k, settings.fastv_k) for k in keeps}
     finally:
         bar.close()
+        memo.remove()
         model.compressor, model.config.token_keep, model.config.selector = saved
 
     mine = [start + j for start, batch in zip(starts, batches, strict=True) for j in range(len(batch.records))]

@@ -1,7 +1,8 @@
 """A local lmms-eval task over organism test samples: ``python -m hf_tokcomp.lmms.organism_task --out DIR``.
 
 Writes, under ``DIR``:
-- ``test.jsonl`` + ``images/`` (:func:`hf_tokcomp.organism.export.write_split`: what ``tokcomp eval --data`` reads);
+- ``test.jsonl`` + ``images/`` (:func:`hf_tokcomp.organism.export.write_split`: what ``tokcomp eval --data`` reads;
+  the single-image question types, each question after its image);
 - ``hf/``: the same samples as a ``datasets`` DatasetDict ``{"test": ...}`` saved to disk (lmms-eval iterates
   over a dataset's splits, so a bare Dataset does not do);
 - ``organism_vqa.yaml`` + ``organism_vqa_utils.py``: the task (the bare question, greedy, exact match after
@@ -16,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ..organism.export import write_split
+from ..organism.task import QUESTION_TYPES
 from ..training.labels import normalise_answer
 
-__all__ = ["write_task", "doc_to_visual", "doc_to_text", "process_results", "main"]
+#: the question types of the task: every type of the organism's test split with one image
+SINGLE_IMAGE_TYPES = tuple(q for q in QUESTION_TYPES if q != "which_image")
+
+__all__ = ["SINGLE_IMAGE_TYPES", "write_task", "doc_to_visual", "doc_to_text", "process_results", "main"]
 
 _YAML = """task: organism_vqa
 dataset_path: {data}
@@ -67,7 +72,9 @@ def write_task(out: str | Path, n: int = 200, max_new_tokens: int = 8, seed: int
     import datasets
 
     out = Path(out).resolve()
-    jsonl = write_split("test", n, out, seed=seed)
+    # one image per sample, the question after it: lmms-eval's doc_to_visual / doc_to_text say nothing about where
+    # the question stands or which image is which
+    jsonl = write_split("test", n, out, seed=seed, qtypes=SINGLE_IMAGE_TYPES, question_first=False)
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     columns = {key: [row[key] for row in rows] for key in ("question", "answer", "qtype")}
     columns["image"] = [str(out / row["image"]) for row in rows]

@@ -13,20 +13,30 @@ import json
 import os
 from pathlib import Path
 
-from .task import make_split
+from .task import QUESTION_TYPES, make_split
 
 __all__ = ["write_split", "main"]
 
 
-def write_split(split: str, n: int, out: str | os.PathLike, seed: int = 0) -> Path:
-    """Write ``n`` samples of ``split`` under ``out``; returns the JSONL path (written last, atomically, so a
-    JSONL file always lists images that exist)."""
+def write_split(
+    split: str,
+    n: int,
+    out: str | os.PathLike,
+    seed: int = 0,
+    qtypes: tuple[str, ...] = QUESTION_TYPES,
+    question_first: bool | None = None,
+) -> Path:
+    """Write ``n`` samples of ``split`` (of the question types ``qtypes``) under ``out``; returns the JSONL path
+    (written last, atomically, so a JSONL file always lists images that exist). The prompt orders alternate as
+    in :func:`~hf_tokcomp.organism.task.make_split`, or are all ``question_first`` where it is given."""
     if n < 1:
         raise ValueError(f"`n` must be >= 1, got {n}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, sample in enumerate(make_split(split, n, seed=seed)):
+    for i, sample in enumerate(make_split(split, n, seed=seed, qtypes=qtypes)):
+        if question_first is not None:
+            sample.question_first = question_first
         names = [
             f"images/{split}-{i:05d}" + (f"-{k}" if len(sample.images) > 1 else "") + ".png"
             for k in range(len(sample.images))

@@ -61,7 +61,7 @@ STAGES = ((4, 1, 2), (4, 2, 5), (6, 3, 9), (8, 5, 14), (12, 8, 18), (12, 10, 24)
 @dataclass
 class OrganismTrainArguments:
     out: str
-    steps: int = 7000
+    steps: int = 6200
     scenes_per_step: int = 8
     questions_per_scene: int = 8
     lr: float = 1.5e-3
