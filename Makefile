@@ -52,11 +52,11 @@ lint: $(STAMP)  ## ruff check + format check
 	$(BIN)/ruff check hf_tokcomp tests tests_lmms tests_vllm benchmarks
 	$(BIN)/ruff format --check hf_tokcomp tests tests_lmms tests_vllm benchmarks
 
-demo: $(STAMP)  ## the whole pipeline on the shipped organism: label, train a compressor, evaluate (~5 min)
-	$(RUN) $(BIN)/python -m hf_tokcomp.demo --out demo_out
+demo: $(STAMP)  ## the whole pipeline on the shipped organism: label, train a compressor, evaluate (~10 min)
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m hf_tokcomp.demo --out demo_out
 
 demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the baselines (~2.5 min)
-	$(RUN) $(BIN)/python -m hf_tokcomp.demo --quick --out demo_out
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m hf_tokcomp.demo --quick --out demo_out
 
 organism: $(STAMP)  ## train the organism from scratch (seeded, resumable; ~1.5 h on 2 cores) and install its weights
 	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m hf_tokcomp.organism.train --out runs/organism

@@ -8,12 +8,13 @@ retrieval losses of :mod:`hf_tokcomp.organism.retrieval` (``--hop1``: the questi
 ``--hop2``: one head of layer 2 pointed at the named object, or at ``<|vision_start|>`` for "no"). Prints the
 running training accuracy every 50 steps.
 
-Measured (2026-12-02, 2-core CPU, seed 0; accuracy over steps 251-300; benchmarks/results/organism_v2_attempts.md):
+Measured with this probe's first version (2026-12-02, 2-core CPU, seed 0; pointer and question head at layer 1,
+the visual tokens rescaled per batch; accuracy over steps 251-300, benchmarks/results/organism_v2_attempts.md):
+answer loss only 0.50, ``--hop1 0.5`` 0.51, ``--hop2 0.5`` 0.58, both 0.89. This version (layer 2 and the
+fixed scale, as the shipped recipe) has not been run to the end yet:
 
-    python benchmarks/organism_retrieval_probe.py                        # answer loss only: 0.50
-    python benchmarks/organism_retrieval_probe.py --hop1 0.5             # 0.51
-    python benchmarks/organism_retrieval_probe.py --hop2 0.5             # 0.58
-    python benchmarks/organism_retrieval_probe.py --hop1 0.5 --hop2 0.5  # 0.89
+    python benchmarks/organism_retrieval_probe.py                        # answer loss only
+    python benchmarks/organism_retrieval_probe.py --hop1 0.5 --hop2 0.5  # both hops
 """
 
 from __future__ import annotations

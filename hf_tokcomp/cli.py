@@ -300,7 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default: {' '.join(DEFAULT_METHODS)}; also: downsample (Qwen-VL: the image at a lower resolution)",
     )
     evaluate.add_argument(
-        "--keeps", nargs="+", type=float, default=[1.0, 0.75, 0.5, 0.25, 0.1], help="default: 1 0.75 0.5 0.25 0.1"
+        "--keeps",
+        nargs="+",
+        type=float,
+        default=[1.0, 0.75, 0.5, 0.33, 0.25, 0.22, 0.11],
+        help="default: 1 0.75 0.5 0.33 0.25 0.22 0.11",
     )
     evaluate.add_argument("--batch-size", type=int, default=32, help="default: 32")
     evaluate.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit (default: 8)")

@@ -25,8 +25,11 @@ from .runtime.compressor import TokenCompressor
 from .training.labels import build_inputs, label_dataset, read_records
 from .training.train import TrainArguments, train_compressor
 
-__all__ = ["KEEPS", "main", "kept_tokens_figure"]
+__all__ = ["KEEPS", "METHODS", "main", "kept_tokens_figure"]
 
+#: what the demo compares (the other selectors, FastV, the teachers and the downsampled image:
+#: ``benchmarks/organism_comparison.sh``)
+METHODS = ("ours", "attention", "uniform", "random", "oracle")
 #: keep ratios of the demo: 0.33 / 0.22 / 0.11 are where the literature reports (192 / 128 / 64 of LLaVA's 576
 #: tokens)
 KEEPS = (1.0, 0.75, 0.5, 0.33, 0.25, 0.22, 0.11)
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="use the shipped compressor (skip label and train)")
     parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     parser.add_argument("--train-samples", type=int, default=1500, help="samples to label (default: 1500)")
-    parser.add_argument("--test-samples", type=int, default=500, help="samples to evaluate (default: 500)")
+    parser.add_argument("--test-samples", type=int, default=1000, help="samples to evaluate (default: 1000)")
     parser.add_argument("--epochs", type=int, default=60, help="compressor training epochs (default: 60)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -91,8 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         step(f"trained the compressor: {json.dumps(history[-1])}")
     compressor = TokenCompressor.from_pretrained(compressor_dir).eval()
     records = read_records(test)
-    methods = ("ours", "attention", "uniform", "random", "fastv", "teacher", "occlusion", "oracle")
-    settings = EvalSettings(keeps=KEEPS, max_new_tokens=2, methods=methods)
+    settings = EvalSettings(keeps=KEEPS, max_new_tokens=2, methods=METHODS, batch_size=64)
     result = evaluate(model, processor, records, compressor, settings)
     samples = result.pop("samples")
     (out / "samples.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in samples))

@@ -42,6 +42,9 @@ def setup(tmp_path_factory):
     return root, stock, ours, processor
 
 
+SINGLE_IMAGE = ("shape", "exists", "left_of", "below", "count")
+
+
 def _records(n: int, qtypes: tuple[str, ...] = QUESTION_TYPES):
     return [
         {"image": s.images if len(s.images) > 1 else s.image, "question": s.question, "answer": s.answer}
@@ -61,7 +64,7 @@ def test_oracle_scores_rank_the_evidence_first_then_spread_evenly():
 
 def test_accuracies_match_the_stock_model_on_hand_shortened_inputs(setup):
     _, stock, ours, processor = setup
-    records = _records(6, qtypes=("shape", "exists", "left_of", "below", "count"))  # one image each
+    records = _records(6, qtypes=SINGLE_IMAGE)  # one image each
     inputs = build_batch(processor, records)
     sizes = qwen_segment_sizes(inputs, stock.config)
 
@@ -192,7 +195,7 @@ def test_oracle_accuracy_on_the_trained_organism_equals_the_naive_reference_and_
 
     ours, processor = load_organism()
     stock = StockQwen2VL.from_pretrained(ORGANISM_DIR).eval()
-    records = _records(24)
+    records = _records(24, qtypes=SINGLE_IMAGE)
     keep = 0.1
 
     def naive_first_tokens(evidence_of) -> list[int]:
@@ -257,7 +260,7 @@ def test_downsample_gives_the_stock_model_the_smaller_image(setup):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     _, stock, ours, processor = setup
-    records = _records(8, qtypes=("shape", "exists", "left_of", "below", "count"))
+    records = _records(8, qtypes=SINGLE_IMAGE)
     settings = EvalSettings(keeps=(1.0, 0.25, 0.11), methods=("downsample",), max_new_tokens=1, flops=False)
     result = evaluate(ours, processor, records, None, settings)
     assert result["downsample_tokens"] == {"0.25": 36.0, "0.11": 9.0}
