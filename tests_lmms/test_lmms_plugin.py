@@ -90,17 +90,17 @@ def test_answers_equal_tokcomp_eval(task, tokcomp_eval, tmp_path, args, method, 
     assert got == expected
     accuracy = results["results"]["organism_vqa"]["exact_match,none"]
     assert accuracy == pytest.approx(tokcomp_eval["accuracy"][method or "attention"][str(keep)]["all"])
-    # what compression did: per sample (64 visual tokens, the budget rule's count kept) and over the run
-    kept = keep_count(keep, 64)
+    # what compression did: per sample (144 visual tokens, the budget rule's count kept) and over the run
+    kept = keep_count(keep, 144)
     for sample in samples:
         (counts,) = sample["token_counts"]
-        assert (counts["visual_tokens"], counts["visual_tokens_kept"]) == (64, kept)
+        assert (counts["visual_tokens"], counts["visual_tokens_kept"]) == (144, kept)
         assert counts["token_keep"] == keep
         assert counts["selector"] == {None: "auto", "attention": "attention", "ours": "learned"}[method]
     throughput = results["throughput"]
-    assert throughput["avg_visual_tokens_per_sample"] == 64
+    assert throughput["avg_visual_tokens_per_sample"] == 144
     assert throughput["avg_visual_tokens_kept_per_sample"] == kept
-    assert throughput["avg_visual_keep_ratio"] == pytest.approx(kept / 64)
+    assert throughput["avg_visual_keep_ratio"] == pytest.approx(kept / 144)
 
 
 def test_two_processes_under_accelerate_give_the_one_process_answers(task, tokcomp_eval, tmp_path):
@@ -109,7 +109,7 @@ def test_two_processes_under_accelerate_give_the_one_process_answers(task, tokco
     samples, results = run_lmms(task, tmp_path, "pretrained=organism,token_keep=0.25,selector=attention", 8, 2)
     expected = [r["answers"]["attention"]["0.25"] for r in tokcomp_eval["samples"]]
     assert [normalise_answer(answer(s)) for s in samples] == expected
-    assert results["throughput"]["avg_visual_tokens_kept_per_sample"] == keep_count(0.25, 64)
+    assert results["throughput"]["avg_visual_tokens_kept_per_sample"] == keep_count(0.25, 144)
     assert results["throughput"]["avg_processes"] == 2  # two processes really ran
 
 

@@ -24,6 +24,14 @@ def _kept_sets(run: dict) -> set[tuple[int, ...]]:
     return {tuple(k) for k in run["kept"]}
 
 
+def _tokens(image) -> int:
+    """Visual tokens of an image file for the organism's processor: one per 28 px cell."""
+    from PIL import Image
+
+    width, height = Image.open(image).size
+    return (width // 28) * (height // 28)
+
+
 def test_keep_1_is_vllms_unpruned_output(engine):
     stock, ours = engine(arch="stock"), engine(keep=1.0)
     assert ours["tokens"] == stock["tokens"]
@@ -32,18 +40,22 @@ def test_keep_1_is_vllms_unpruned_output(engine):
 
 @pytest.mark.parametrize("max_batched_tokens", [2048, 16], ids=["whole-prefill", "chunked-16"])
 def test_uniform_pruning_equals_the_transformers_classes(engine, reference, max_batched_tokens):
-    prompts, results = reference
+    prompts, results = reference  # prompts.json and the transformers results
     ref = results["uniform@0.5"]
     run = engine(keep=0.5, selector="uniform", max_batched_tokens=max_batched_tokens)
     _agree(run, ref, range(len(ref["tokens"])))
     # the same tokens kept of every image (vLLM encodes each distinct image once, in its own batches: the two-image
     # prompts reuse images of the first prompts, so compared as sets)
     assert _kept_sets(run) == {tuple(k) for prompt in ref["kept"] for k in prompt}
-    # the prompt shrinks by exactly the pruned tokens of every image (64 per 224 px image)
+    # the prompt shrinks by exactly the pruned tokens of every image (one per 28 px cell: 144 for the organism's
+    # 336 px images, 64 for the 224 px noise images)
     stock = engine(arch="stock")
-    for kept, length, unpruned in zip(ref["kept"], run["prompt_lengths"], stock["prompt_lengths"], strict=True):
-        assert unpruned - length == sum(64 - len(k) for k in kept)
-        assert all(len(k) == keep_count(0.5, 64) for k in kept)
+    sizes = [[_tokens(prompts.parent / name) for name in p["images"]] for p in json.loads(prompts.read_text())]
+    for kept, n, length, unpruned in zip(
+        ref["kept"], sizes, run["prompt_lengths"], stock["prompt_lengths"], strict=True
+    ):
+        assert unpruned - length == sum(t - len(k) for k, t in zip(kept, n, strict=True))
+        assert [len(k) for k in kept] == [keep_count(0.5, t) for t in n]
 
 
 @pytest.mark.parametrize("max_batched_tokens", [2048, 16], ids=["whole-prefill", "chunked-16"])

@@ -1,11 +1,11 @@
-"""Train organism v2 from scratch on CPU: seeded, resumable, with a curriculum and a validation curve.
+"""Train the organism from scratch on CPU: seeded, resumable, with a curriculum and a validation curve.
 
-``python -m hf_tokcomp.organism.train --out runs/organism`` (``make organism``). First
-``--vision-warmup`` steps train the vision tower alone on an auxiliary per-visual-token shape/colour classifier,
-so that the LLM starts from visual tokens that already say what their cell holds (v1 stalled at ~40% without
-it). Then every step draws 8 scenes x 8 questions (every ``--pair-every``-th step: 4 pairs of scenes x 8
-``which_image`` questions); the vision tower runs once per image; each question stands after or before its
-image(s) at random.
+``python -m hf_tokcomp.organism.train --out runs/organism`` (``make organism``). First ``--vision-warmup`` steps
+train the vision tower alone on an auxiliary per-visual-token shape/colour classifier, so that the LLM starts
+from visual tokens that already say what their cell holds (the first organism stalled at ~40% without it); the
+vision output is then scaled to the text embeddings' RMS. Then every step draws 8 scenes x 8 questions (every
+``--pair-every``-th step: 4 pairs of scenes x 8 ``which_image`` questions); the vision tower runs once per
+image; each question stands after or before its image(s) at random.
 
 The recipe (facts from a held-out organism of this size, which answered all its test questions after ~74 min):
 - a resolution curriculum (:data:`STAGES`: 4 x 4 -> 6 x 6 -> 8 x 8 -> 12 x 12 grids, then more objects); a stage
@@ -17,6 +17,11 @@ The recipe (facts from a held-out organism of this size, which answered all its 
   content; inside the LLM after layer ``--aux-layer``, each object's left-neighbour colour, the object above it,
   and running same-colour / same-shape counts - causal targets only (a first try also asked for the object
   BELOW and the image's total counts, which a causal LLM's visual tokens cannot see: it stalled near 40%);
+- the retrieval supervision (:mod:`~hf_tokcomp.organism.retrieval`): at each answer's position a head names the
+  question's colour and shape, and one head of layer ``--retrieval-layer`` is pointed at the visual token the
+  answer reads (or ``<|vision_start|>`` when none does); without it the yes / no and two-image types stayed at
+  chance for 5,000 steps in four runs (benchmarks/results/organism_v2_attempts.md);
+- the LLM's linear weights initialised at normal(0, 1 / sqrt(fan_in)), not transformers' 0.02;
 - M-RoPE theta 10 with sections [2, 7, 7] (:func:`~hf_tokcomp.organism.model.organism_config`);
 - a constant learning rate through the curriculum, then a cosine decay over the last ``--decay-steps``.
 
