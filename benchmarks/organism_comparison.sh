@@ -13,5 +13,5 @@ $PY -m hf_tokcomp eval --model hf_tokcomp/organism/weights --compressor hf_tokco
   --data "$OUT/data/test.jsonl" --out "$OUT" --max-new-tokens 2 --batch-size 64 --keeps 1 0.5 0.33 0.22 0.11 \
   --methods ours attention uniform random divprune dart cdpruner fastv teacher downsample oracle ${LIMIT:+--limit $LIMIT}
 for f in eval.json eval.md eval.png samples.jsonl; do
-  cp "$OUT/$f" "benchmarks/results/selectors_organism${f#eval}"
+  cp "$OUT/$f" "benchmarks/results/selectors_organism$([ "$f" = samples.jsonl ] && echo _samples.jsonl || echo "${f#eval}")"
 done

@@ -24,12 +24,13 @@ import random
 
 import torch
 import torch.nn.functional as F
+from organism_v2_existence_probe import existence_questions  # the sibling script (run from benchmarks/ or the root)
 from tqdm.auto import tqdm
 
 from hf_tokcomp.organism.aux_targets import cell_classes
 from hf_tokcomp.organism.model import encode_samples, organism_processor
 from hf_tokcomp.organism.retrieval import question_loss, retrieval_loss
-from hf_tokcomp.organism.task import Sample, ask, draw, make_scene
+from hf_tokcomp.organism.task import draw, make_scene
 from hf_tokcomp.organism.train import OrganismTrainArguments, _match_text_scale, _new_model
 from hf_tokcomp.organism.validation import answer_accuracy
 
@@ -68,11 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     start_id = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
     hits: list[float] = []
     for step in range(args.steps):
-        samples = []
-        for _ in range(64):
-            scene = make_scene(rng, rng.randint(1, 2), GRID)
-            question, answer, evidence = ask([scene], "exists", rng)
-            samples.append(Sample([draw(scene, rng, GRID)], [scene], question, answer, "exists", evidence))
+        samples = existence_questions(rng, 64)
         batch = encode_samples(processor, samples, with_answers=True)
         labels = batch.pop("labels")
         captured.clear()

@@ -30,6 +30,16 @@ from hf_tokcomp.organism.validation import answer_accuracy
 GRID = 4
 
 
+def existence_questions(rng: random.Random, n: int, question_first: bool = False) -> list[Sample]:
+    """``n`` existence questions, each about a fresh 4 x 4 scene of 1-2 objects."""
+    samples = []
+    for _ in range(n):
+        scene = make_scene(rng, rng.randint(1, 2), GRID)
+        question, answer, evidence = ask([scene], "exists", rng)
+        samples.append(Sample([draw(scene, rng, GRID)], [scene], question, answer, "exists", evidence, question_first))
+    return samples
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--features", choices=("oracle", "vision"), default="oracle", help="default: oracle")
@@ -62,12 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     hits: list[float] = []
     for step in range(args.steps):
-        samples = []
-        for _ in range(64):
-            scene = make_scene(rng, rng.randint(1, 2), GRID)
-            question, answer, evidence = ask([scene], "exists", rng)
-            image = draw(scene, rng, GRID)
-            samples.append(Sample([image], [scene], question, answer, "exists", evidence, args.order == "before"))
+        samples = existence_questions(rng, 64, args.order == "before")
         current["scenes"] = [s.scenes[0] for s in samples]
         batch = encode_samples(processor, samples, with_answers=True)
         labels = batch.pop("labels")

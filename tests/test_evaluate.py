@@ -278,6 +278,13 @@ def test_downsample_gives_the_stock_model_the_smaller_image(setup):
         assert [s["answers"]["downsample"][keep] for s in result["samples"]] == expected
 
 
+def test_downsample_budgets_each_image_of_a_two_image_sample(setup):
+    _, _, ours, processor = setup
+    records = _records(6, qtypes=("which_image",))  # two 144-token images each: 6 x 6 tokens per image at 0.25
+    settings = EvalSettings(keeps=(1.0, 0.25), methods=("downsample",), max_new_tokens=1, flops=False)
+    assert evaluate(ours, processor, records, None, settings)["downsample_tokens"] == {"0.25": 72.0}
+
+
 def test_downsample_is_refused_for_a_processor_without_pixel_bounds(setup):
     _, _, ours, processor = setup
     with pytest.raises(ValueError, match="downsample"):

@@ -324,7 +324,8 @@ def evaluate(
                     fastv = (keep, settings.fastv_k) if method == "fastv" else None
                     run = batch
                     if method == "downsample":
-                        smaller = downsampled_processor(processor, keep, max(map(sum, batch.segment_sizes)))
+                        largest = max(n for sizes in batch.segment_sizes for n in sizes)  # one image's tokens
+                        smaller = downsampled_processor(processor, keep, largest)
                         run = _Batch(batch.records, build_batch(smaller, batch.records))
                         used.setdefault(keep, []).extend(map(sum, segment_sizes(model, run.inputs)))
                     with memo.on():
@@ -349,7 +350,8 @@ def evaluate(
                 if isinstance(model.compressor, PresetScores):
                     model.compressor = UniformScores()  # same cost as preset scores
                 if method == "downsample":  # the smaller image, uncompressed
-                    small = {k: downsampled_processor(processor, k, sum(segment_sizes(model, first)[0])) for k in keeps}
+                    largest = max(segment_sizes(model, first)[0])
+                    small = {k: downsampled_processor(processor, k, largest) for k in keeps}
                     first_at = {k: _on(model, build_batch(small[k], [records[0]])) for k in keeps}
                     flops[method] = {str(k): prefill_flops(model, first_at[k], method, 1.0) for k in keeps}
                     continue
