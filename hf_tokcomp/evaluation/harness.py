@@ -14,7 +14,7 @@ Methods (all input-stage methods go through the model's own budget rule, gather 
 - ``occlusion``: the alternative teacher signal, leave-one-out occlusion of the model's own answer (a reference);
 - ``oracle``: the records' ground-truth ``evidence`` token indices first (a reference; needs ``evidence``);
 - ``downsample``: no selection, the image at a lower resolution making about ``keep`` x its tokens
-  (:mod:`~hf_tokcomp.evaluation.downsample`; a comparison for Qwen-VL processors; ``visual_tokens_used``
+  (:mod:`~hf_tokcomp.evaluation.downsample`; a comparison for Qwen-VL processors; ``downsample_tokens``
   records what it made).
 
 Retention = accuracy / uncompressed accuracy, overall, per question type (the records' ``qtype`` field) and per
