@@ -9,13 +9,17 @@ import torch
 import transformers
 
 import hf_tokcomp
-from hf_tokcomp.testing.tiny_qwen import tiny_qwen_config
+from hf_tokcomp.testing.tiny_qwen3 import tiny_config
 
 torch.set_num_threads(1)
 
 FAMILIES = {
     "qwen2_vl": (transformers.Qwen2VLForConditionalGeneration, hf_tokcomp.Qwen2VLForConditionalGeneration),
     "qwen2_5_vl": (transformers.Qwen2_5_VLForConditionalGeneration, hf_tokcomp.Qwen2_5_VLForConditionalGeneration),
+    "qwen3_vl": (transformers.Qwen3VLForConditionalGeneration, hf_tokcomp.Qwen3VLForConditionalGeneration),
+    "qwen3_vl_moe": (transformers.Qwen3VLMoeForConditionalGeneration, hf_tokcomp.Qwen3VLMoeForConditionalGeneration),
+    "qwen3_5": (transformers.Qwen3_5ForConditionalGeneration, hf_tokcomp.Qwen3_5ForConditionalGeneration),
+    "qwen3_5_moe": (transformers.Qwen3_5MoeForConditionalGeneration, hf_tokcomp.Qwen3_5MoeForConditionalGeneration),
 }
 
 
@@ -29,7 +33,7 @@ def stock_checkpoint(tmp_path_factory, family):
     """(stock model, directory it was saved to with stock `save_pretrained`) for the family."""
     stock_cls, _ = FAMILIES[family]
     torch.manual_seed(0)
-    stock = stock_cls(tiny_qwen_config(family)).eval()
+    stock = stock_cls(tiny_config(family)).eval()
     path = tmp_path_factory.mktemp(f"{family}_stock")
     stock.save_pretrained(path)
     return stock, path

@@ -5,19 +5,47 @@ from __future__ import annotations
 import torch
 
 
-def stock_merged_embeddings(stock, inputs: dict) -> torch.Tensor:
-    """``(B, L, D)``: the stock text embeddings with the stock vision features at the placeholders."""
+def stock_visual(stock, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The stock LLM input of a batch: ``(B, L, D)`` text embeddings with the stock vision features at the
+    placeholders, the ``(B, L)`` placeholder mask, and the DeepStack levels (Qwen3-VL; ``[]`` elsewhere), each
+    ``(B, L, D)`` with the level's features at the placeholders."""
     inner = stock.model
-    embeds = inner.get_input_embeddings()(inputs["input_ids"])
+    ids = inputs["input_ids"]
+    embeds = inner.get_input_embeddings()(ids)
+    visual = torch.zeros_like(ids, dtype=torch.bool)
+    deepstack: list[torch.Tensor] = []
     for pixels, grid, token in (
         ("pixel_values", "image_grid_thw", stock.config.image_token_id),
         ("pixel_values_videos", "video_grid_thw", stock.config.video_token_id),
     ):
         if pixels in inputs:
             encode = inner.get_image_features if pixels == "pixel_values" else inner.get_video_features
-            feats = torch.cat(encode(inputs[pixels], inputs[grid], return_dict=True).pooler_output)
-            embeds = embeds.masked_scatter((inputs["input_ids"] == token)[..., None], feats)
-    return embeds
+            out = encode(inputs[pixels], inputs[grid], return_dict=True)
+            mask = (ids == token)[..., None]
+            embeds = embeds.masked_scatter(mask, torch.cat(out.pooler_output))
+            visual |= mask[..., 0]
+            levels = [torch.cat(level) for level in getattr(out, "deepstack_features", None) or []]
+            deepstack = deepstack or [torch.zeros_like(embeds) for _ in levels]
+            deepstack = [d.masked_scatter(mask, f) for d, f in zip(deepstack, levels, strict=True)]
+    return embeds, visual, deepstack
+
+
+def stock_merged_embeddings(stock, inputs: dict) -> torch.Tensor:
+    """``(B, L, D)``: the stock text embeddings with the stock vision features at the placeholders."""
+    return stock_visual(stock, inputs)[0]
+
+
+def stock_lm_logits(stock, embeds, positions, visual=None, deepstack=()) -> torch.Tensor:
+    """``(1, n, V)``: the stock language model and head on one unpadded sequence ``embeds`` ``(n, D)`` at
+    ``positions`` ``(3, n)``; ``deepstack`` (one ``(m, D)`` per level) is added at the ``visual`` ``(n,)`` rows,
+    as the stock Qwen3-VL forward does."""
+    extra = {}
+    if len(deepstack):
+        extra = {"visual_pos_masks": visual[None], "deepstack_visual_embeds": list(deepstack)}
+    hidden = stock.model.language_model(
+        inputs_embeds=embeds[None], position_ids=positions[:, None], **extra
+    ).last_hidden_state
+    return stock.lm_head(hidden)
 
 
 def stock_positions(stock, inputs: dict) -> torch.Tensor:
@@ -35,11 +63,17 @@ def stock_positions(stock, inputs: dict) -> torch.Tensor:
 
 
 def qwen_segment_sizes(inputs: dict, config) -> dict[int, list[int]]:
-    """Tokens per image / video from the grids, keyed by placeholder id."""
+    """Tokens per segment from the grids, keyed by placeholder id: one per image; one per video, or one per video
+    FRAME for the families that separate frames by timestamp text (Qwen3-VL, Qwen3.5)."""
     merge = config.vision_config.spatial_merge_size
+    videos = inputs.get("video_grid_thw", torch.zeros(0, 3, dtype=torch.long)).tolist()
+    if config.model_type.startswith("qwen3"):
+        video = [h * w // merge**2 for t, h, w in videos for _ in range(t)]
+    else:
+        video = [t * h * w // merge**2 for t, h, w in videos]
     return {
         config.image_token_id: [int(g.prod()) // merge**2 for g in inputs.get("image_grid_thw", [])],
-        config.video_token_id: [int(g.prod()) // merge**2 for g in inputs.get("video_grid_thw", [])],
+        config.video_token_id: video,
     }
 
 
@@ -72,13 +106,13 @@ def naive_kept_positions(inputs: dict, sizes: dict[int, list[int]], scores_fn, k
 def stock_logits_on_shortened(stock, inputs: dict, kept: list[list[int]]) -> list[torch.Tensor]:
     """Per sample, the stock model's logits on the hand-shortened sequence (kept positions only), with the
     original M-RoPE position ids passed explicitly, one sample at a time (no padding)."""
-    embeds = stock_merged_embeddings(stock, inputs)
+    embeds, visual, deepstack = stock_visual(stock, inputs)
     positions = stock_positions(stock, inputs)
     out = []
     for b, idx in enumerate(kept):
         idx = torch.tensor(idx)
-        logits = stock(inputs_embeds=embeds[b, idx][None], position_ids=positions[:, b, idx][:, None]).logits
-        out.append(logits[0])
+        levels = [level[b, idx][visual[b, idx]] for level in deepstack]
+        out.append(stock_lm_logits(stock, embeds[b, idx], positions[:, b, idx], visual[b, idx], levels)[0])
     return out
 
 
@@ -88,20 +122,28 @@ class NaiveStock:
     def __init__(self, stock, inputs: dict, kept: list[list[int]]) -> None:
         self.stock, self.kept = stock, kept
         with torch.no_grad():
-            self.embeds, self.positions = stock_merged_embeddings(stock, inputs), stock_positions(stock, inputs)
+            self.embeds, self.visual, self.deepstack = stock_visual(stock, inputs)
+            self.positions = stock_positions(stock, inputs)
         self.table = stock.model.get_input_embeddings()
 
     @torch.no_grad()
-    def last_logits(self, b: int, appended: list[int]) -> torch.Tensor:
-        """``(V,)`` logits after the shortened prompt of sample ``b`` plus ``appended`` tokens, which take the
-        positions after the prompt's largest position on all three M-RoPE axes."""
+    def logits(self, b: int, appended: list[int] = ()) -> torch.Tensor:
+        """``(n, V)`` logits of every row of sample ``b``'s shortened prompt plus ``appended`` tokens, which take
+        the positions after the prompt's largest position on all three M-RoPE axes."""
+        appended = list(appended)
         idx = torch.tensor(self.kept[b])
-        seq, pos = self.embeds[b, idx], self.positions[:, b, idx]
+        seq, pos, visual = self.embeds[b, idx], self.positions[:, b, idx], self.visual[b, idx]
+        levels = [level[b, idx][visual] for level in self.deepstack]
         if appended:
             seq = torch.cat([seq, self.table(torch.tensor(appended))])
             after = pos.amax() + torch.arange(1, len(appended) + 1)
             pos = torch.cat([pos, after[None].expand(3, -1)], dim=1)
-        return self.stock(inputs_embeds=seq[None], position_ids=pos[:, None]).logits[0, -1]
+            visual = torch.cat([visual, torch.zeros(len(appended), dtype=torch.bool)])
+        return stock_lm_logits(self.stock, seq, pos, visual, levels)[0]
+
+    def last_logits(self, b: int, appended: list[int]) -> torch.Tensor:
+        """``(V,)`` logits after the shortened prompt of sample ``b`` plus ``appended`` tokens."""
+        return self.logits(b, appended)[-1]
 
     def greedy(self, b: int, appended: list[int], steps: int) -> tuple[list[int], list[torch.Tensor]]:
         tokens, logits = [], []

@@ -8,11 +8,20 @@ import pytest
 import torch
 
 from hf_tokcomp.bench.models import BENCH_MODELS, PREFIX, BenchModel, llava_image_for, llava_image_tokens
-from hf_tokcomp.bench.speed import BenchSpec, add_ratios, fastv_keep_for_equal_tokens, headline, worker
+from hf_tokcomp.bench.speed import (
+    BenchSpec,
+    add_ratios,
+    cell_count,
+    fastv_keep_for_equal_tokens,
+    headline,
+    worker,
+)
 from hf_tokcomp.evaluation.flops import flop_counter
 from hf_tokcomp.models.vila import VilaConfig
+from hf_tokcomp.testing.tiny_internvl import tiny_internvl_config
 from hf_tokcomp.testing.tiny_llava import tiny_llava_onevision_config
 from hf_tokcomp.testing.tiny_qwen import tiny_qwen_config
+from hf_tokcomp.testing.tiny_qwen3 import tiny_qwen3_5_config, tiny_qwen3_vl_config
 from hf_tokcomp.testing.tiny_vila import tiny_vila_sub_configs
 
 
@@ -26,7 +35,13 @@ TINY = {
     "tiny-qwen2-vl": BenchModel("qwen2_vl", (4, 1), lambda n, v: tiny_qwen_config(num_layers=n, vision_depth=v)),
     "tiny-llava-ov": BenchModel("llava_onevision", (4, 1), lambda n, v: tiny_llava_onevision_config(num_layers=n)),
     "tiny-vila": BenchModel("vila", (4, 2), _tiny_vila, min_vision_layers=2),
+    "tiny-qwen3-vl": BenchModel("qwen2_vl", (4, 2), lambda n, v: tiny_qwen3_vl_config(num_layers=n)),
+    "tiny-qwen3.5": BenchModel("qwen2_vl", (4, 2), lambda n, v: tiny_qwen3_5_config(num_layers=n)),
+    "tiny-internvl": BenchModel("internvl", (4, 1), lambda n, v: tiny_internvl_config(num_layers=n)),
 }
+QWEN_LAYOUT = ("tiny-qwen2-vl", "tiny-qwen3-vl", "tiny-qwen3.5")
+#: the families FastV runs on (Qwen3.5's linear-attention layers are refused)
+FASTV = [name for name in TINY if name != "tiny-qwen3.5"]
 TEXT = 5
 
 
@@ -42,23 +57,32 @@ def spec(config: str, **kw) -> BenchSpec:
 
 
 def expected_prompt(config: str) -> int:
-    """Prefix + visual tokens + question (+ Qwen's vision start / end tokens)."""
-    return len(PREFIX) + sum(expected_visual(config)) + TEXT + (2 if config == "tiny-qwen2-vl" else 0)
+    """Prefix + visual tokens + question (+ the vision start / end tokens of Qwen, <img> / </img> of InternVL)."""
+    markers = 2 if config in QWEN_LAYOUT or config == "tiny-internvl" else 0
+    return len(PREFIX) + sum(expected_visual(config)) + TEXT + markers
 
 
 def expected_visual(config: str) -> list[int]:
     """Visual tokens per segment of the 40-token target, counted by hand from each family's layout."""
-    if config == "tiny-qwen2-vl":
+    if config in QWEN_LAYOUT:
         return [36]  # sqrt(40) = 6.3 tokens a side -> 12 x 12 patches -> 6 x 6 tokens after the 2x2 merge
+    if config == "tiny-internvl":
+        return [48]  # 32 px tiles of 4 px patches, pixel shuffle 0.5: 16 tokens a tile; ceil(40 / 16) tiles
     if config == "tiny-llava-ov":
         return [4 * 4 * (1 + 2) + 4 * 1]  # 16 px crops of 4 px patches: (1, 2) grid: base + 2 crops + 1 row end
     return [16] * 3  # 28 px / 4 px = 7 patches -> 4 x 4 after the 2x2 merge; ceil(40 / 16) images
 
 
 def kv_bytes(config_name: str, tokens_per_layer: list[int], batch: int) -> int:
+    """Keys and values of the attention layers, float32 (Qwen3.5's linear-attention layers hold none)."""
     text = TINY[config_name].build_config(4, 2).get_text_config()
-    head_dim = text.hidden_size // text.num_attention_heads
-    return batch * sum(2 * text.num_key_value_heads * head_dim * n * 4 for n in tokens_per_layer)  # float32
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kinds = getattr(text, "layer_types", None) or ["full_attention"] * len(tokens_per_layer)
+    return batch * sum(
+        2 * text.num_key_value_heads * head_dim * n * 4
+        for n, kind in zip(tokens_per_layer, kinds, strict=True)
+        if kind == "full_attention"
+    )
 
 
 @pytest.mark.parametrize("config", list(TINY))
@@ -97,7 +121,7 @@ def test_ratios_and_headline_of_one_batch():
     assert table.count("\n") == 2 and "| 1 | 0.5 |" in table  # header, rule, one `ours` row (no FastV match)
 
 
-@pytest.mark.parametrize("config", list(TINY))
+@pytest.mark.parametrize("config", FASTV)
 def test_fastv_cell_keeps_every_token_for_k_layers(config):
     s = spec(config)
     segments = expected_visual(config)
@@ -109,6 +133,11 @@ def test_fastv_cell_keeps_every_token_for_k_layers(config):
     assert row["kept_tokens"] == kept
     assert row["cache_tokens_per_layer"] == [prompt] * s.fastv_k + [kept] * (4 - s.fastv_k)
     assert row["kv_bytes"] == kv_bytes(config, row["cache_tokens_per_layer"], 1)
+
+
+def test_no_fastv_cells_for_linear_attention_models():
+    assert cell_count(spec("tiny-qwen3.5", batch_sizes=(1, 8), keeps=(0.5, 0.25))) == 2 * (1 + 2)
+    assert cell_count(spec("tiny-qwen3-vl", batch_sizes=(1, 8), keeps=(0.5, 0.25))) == 2 * (1 + 2 * 2)
 
 
 def test_fastv_keep_gives_the_same_average_tokens_per_layer():
@@ -176,6 +205,10 @@ def test_real_configs_have_the_published_widths():
         "qwen2-vl-7b": ((152064, 3584, 18944, 28, 4), (1280, 14, None)),
         "llava-onevision-7b": ((152128, 3584, 18944, 28, 4), (1152, 14, 384)),
         "vila1.5-3b": ((32000, 2560, 6912, 20, 20), (1152, 14, 384)),
+        "qwen3-vl-8b": ((151936, 4096, 12288, 32, 8), (1152, 16, None)),
+        "qwen3-vl-30b-a3b": ((151936, 2048, 6144, 32, 4), (1152, 16, None)),
+        "qwen3.5-27b": ((248320, 5120, 17408, 24, 4), (1152, 16, None)),
+        "internvl3.5-8b": ((151936, 4096, 12288, 32, 8), (1024, [14, 14], [448, 448])),
     }
     for name, (llm, vision) in widths.items():
         config = BENCH_MODELS[name].build_config(2, 2)
@@ -185,6 +218,15 @@ def test_real_configs_have_the_published_widths():
         tower = getattr(config, "vision_config", None) or config.vision_tower_cfg
         width = getattr(tower, "embed_dim", None) or tower.hidden_size
         assert (width, tower.patch_size, getattr(tower, "image_size", None)) == vision, name
+    moe = BENCH_MODELS["qwen3-vl-30b-a3b"].build_config(2, 2).text_config
+    assert (moe.num_experts, moe.num_experts_per_tok, moe.moe_intermediate_size) == (128, 8, 768)
+    qwen3_5 = BENCH_MODELS["qwen3.5-27b"].build_config(8, 2).text_config
+    assert qwen3_5.layer_types == ["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + [
+        "full_attention"
+    ]
+    assert (qwen3_5.head_dim, qwen3_5.linear_num_value_heads, qwen3_5.linear_num_key_heads) == (256, 48, 16)
+    deepstack = BENCH_MODELS["qwen3-vl-8b"].build_config(2, 27).vision_config.deepstack_visual_indexes
+    assert list(deepstack) == [8, 16, 24]
 
 
 def test_cpu_peak_window_sees_an_allocation_after_a_larger_one():

@@ -14,7 +14,8 @@ import torch
 import transformers
 
 from hf_tokcomp.runtime.selection import keep_count
-from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs, tiny_qwen_config
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
+from hf_tokcomp.testing.tiny_qwen3 import tiny_config
 
 from .conftest import FAMILIES
 from .fixed_scores import FixedScores, fixed_scores
@@ -40,7 +41,7 @@ def kept_for(stock, inputs, keep):
 @pytest.mark.parametrize("how", ["constructor", "from_config"])
 def test_attention_implementation_survives_the_config_conversion(family, how):
     stock_cls, ours_cls = FAMILIES[family]
-    config = tiny_qwen_config(family)
+    config = tiny_config(family)
     if how == "constructor":
         config._attn_implementation = "eager"
         model, reference = ours_cls(copy.deepcopy(config)), stock_cls(copy.deepcopy(config))
@@ -82,8 +83,13 @@ def test_prompt_lookup_at_keep_1_is_the_stock_model(stock, ours):
     stock = copy.deepcopy(stock)  # the session's stock model stays as it is
     ours.generation_config.eos_token_id = stock.generation_config.eos_token_id = None
     with torch.no_grad():
+        try:
+            expected = stock.generate(**inputs, max_new_tokens=6, prompt_lookup_num_tokens=2)
+        except ValueError as refused:  # Qwen3.5's recurrent layers: the stock class refuses assisted generation
+            with pytest.raises(ValueError, match=str(refused).split(",")[0]):
+                ours.generate(**inputs, max_new_tokens=6, prompt_lookup_num_tokens=2)
+            return
         got = ours.generate(**inputs, max_new_tokens=6, prompt_lookup_num_tokens=2)
-        expected = stock.generate(**inputs, max_new_tokens=6, prompt_lookup_num_tokens=2)
     assert torch.equal(got, expected)
 
 
@@ -214,7 +220,8 @@ def test_selection_is_the_same_in_train_mode_with_lora_dropout(stock, ours):
             model(**inputs)
             got = [r.kept for r in ours.last_compression]
             assert all(torch.equal(x, y) for g, e in zip(got, expected, strict=True) for x, y in zip(g, e, strict=True))
-    dropout = ours.model.language_model.layers[0].self_attn.q_proj.lora_dropout["default"]
+    attention = next(layer.self_attn for layer in ours.model.language_model.layers if hasattr(layer, "self_attn"))
+    dropout = attention.q_proj.lora_dropout["default"]
     assert dropout.training  # the caller's train mode is restored
 
 
@@ -366,7 +373,7 @@ def test_a_prompt_ending_in_a_visual_token_reads_the_question_before_it(stock, o
 
 def test_eager_and_sdpa_give_equal_logits_under_compression(stock_checkpoint, family):
     _, ours_cls = FAMILIES[family]
-    inputs = make_qwen_inputs([A, B], tiny_qwen_config(family))
+    inputs = make_qwen_inputs([A, B], tiny_config(family))
     logits = {}
     for implementation in ("eager", "sdpa"):
         model = ours_cls.from_pretrained(stock_checkpoint[1], attn_implementation=implementation, token_keep=0.25)
@@ -399,6 +406,8 @@ def test_a_reset_cache_forgets_its_compressed_prompt(stock, ours):
 
 
 def test_a_cache_cropped_into_the_compressed_prompt_is_refused(stock, ours):
+    if "linear_attention" in getattr(stock.config.text_config, "layer_types", []):
+        pytest.skip("Qwen3.5's recurrent state cannot be cropped (the stock cache refuses `crop`)")
     model = compressed(ours)
     inputs = make_qwen_inputs([A], stock.config)
     with torch.no_grad():

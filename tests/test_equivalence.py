@@ -5,6 +5,7 @@ import torch
 
 from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
 
+from .conftest import FAMILIES
 from .fixed_scores import FixedScores, fixed_scores
 from .reference import NaiveStock, naive_kept_positions, qwen_segment_sizes, stock_logits_on_shortened
 
@@ -24,7 +25,10 @@ BATCHES = {
 
 
 @pytest.mark.parametrize("name", list(BATCHES))
-def test_keep_1_reproduces_stock_logits_and_generate(stock, ours, name):
+def test_keep_1_reproduces_stock_logits_and_generate(stock_checkpoint, family, ours, name):
+    # the stock class loaded from the same checkpoint: a reloaded MoE's expert weights can differ in memory layout
+    # from the freshly built model's, which moves grouped_mm's results by ~3e-8 (the stock class reloaded vs built)
+    stock = FAMILIES[family][0].from_pretrained(stock_checkpoint[1]).eval()
     inputs = make_qwen_inputs(BATCHES[name], stock.config)
     ours.config.token_keep = 1.0
     with torch.no_grad():

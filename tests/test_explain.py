@@ -6,7 +6,8 @@ import transformers
 
 import hf_tokcomp
 from hf_tokcomp.teachers.gae import visual_relevance
-from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs, tiny_qwen_config
+from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
+from hf_tokcomp.testing.tiny_qwen3 import tiny_config
 
 A = [("text", [5, 6]), ("image", (4, 6)), ("text", [7, 8, 9])]
 B = [("text", [5]), ("image", (4, 4)), ("text", [10]), ("image", (4, 4)), ("text", [11, 12])]
@@ -45,16 +46,23 @@ def naive_relevance(stock, inputs, answers):
         stock.set_attn_implementation("sdpa")
 
 
-@pytest.fixture()
-def stock():
-    """One family is enough here: the rollout attention is model-agnostic."""
+#: the rollout attention is model-agnostic; Qwen3-VL is here for its DeepStack inputs, which the teacher's forward
+#: must hand to the LLM as the stock forward does
+CLASSES = {
+    "qwen2_vl": (transformers.Qwen2VLForConditionalGeneration, hf_tokcomp.Qwen2VLForConditionalGeneration),
+    "qwen3_vl": (transformers.Qwen3VLForConditionalGeneration, hf_tokcomp.Qwen3VLForConditionalGeneration),
+}
+
+
+@pytest.fixture(params=list(CLASSES))
+def stock(request):
     torch.manual_seed(0)
-    return transformers.Qwen2VLForConditionalGeneration(tiny_qwen_config("qwen2_vl")).eval()
+    return CLASSES[request.param][0](tiny_config(request.param)).eval()
 
 
 @pytest.fixture()
 def ours(stock):
-    model = hf_tokcomp.Qwen2VLForConditionalGeneration(stock.config).eval()
+    model = CLASSES[stock.config.model_type][1](stock.config).eval()
     model.load_state_dict(stock.state_dict())
     return model
 

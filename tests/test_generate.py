@@ -10,8 +10,6 @@ from .reference import (
     NaiveStock,
     naive_kept_positions,
     qwen_segment_sizes,
-    stock_merged_embeddings,
-    stock_positions,
 )
 
 A = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
@@ -21,22 +19,9 @@ NEW = 6
 
 
 def naive_greedy(stock, inputs, kept, steps):
-    """Per sample: stock forward on [shortened prompt + generated so far], no cache; the generated tokens take
-    positions last+1, last+2, ... on all three M-RoPE axes."""
-    embeds, positions = stock_merged_embeddings(stock, inputs), stock_positions(stock, inputs)
-    table = stock.model.get_input_embeddings()
-    out = []
-    for b, idx in enumerate(kept):
-        idx = torch.tensor(idx)
-        seq_embeds, seq_pos, tokens = embeds[b, idx], positions[:, b, idx], []
-        for _ in range(steps):
-            logits = stock(inputs_embeds=seq_embeds[None], position_ids=seq_pos[:, None]).logits
-            token = int(logits[0, -1].argmax())
-            tokens.append(token)
-            seq_embeds = torch.cat([seq_embeds, table(torch.tensor([token]))])
-            seq_pos = torch.cat([seq_pos, seq_pos[:, -1:].amax(0, keepdim=True).expand(3, 1) + 1], dim=1)
-        out.append(tokens)
-    return out
+    """Per sample: the stock model on [shortened prompt + generated so far], no cache (:class:`NaiveStock`)."""
+    naive = NaiveStock(stock, inputs, kept)
+    return [naive.greedy(b, [], steps)[0] for b in range(len(kept))]
 
 
 def compressed(ours, keep=0.5):

@@ -16,7 +16,7 @@ from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
 from hf_tokcomp.testing.tiny_qwen3 import tiny_qwen3_5_config, tiny_qwen3_vl_config
 
 from .fixed_scores import FixedScores, fixed_scores
-from .reference import naive_kept_positions, qwen_segment_sizes
+from .reference import NaiveStock, naive_kept_positions, qwen_segment_sizes, stock_positions, stock_visual
 from .test_features import check_feature_path, hand_features, text_rows, visual_runs
 
 A = [("text", [5, 6]), ("image", (8, 8)), ("text", [7, 8, 9])]
@@ -60,76 +60,8 @@ def ours(checkpoint):
     return model.eval()
 
 
-def frame_sizes(inputs, config) -> dict[int, list[int]]:
-    """Tokens per segment: one per image; one per video FRAME (Qwen3-VL separates frames by timestamps)."""
-    sizes = qwen_segment_sizes(inputs, config)
-    merge = config.vision_config.spatial_merge_size
-    sizes[config.video_token_id] = [
-        int(h * w) // merge**2
-        for t, h, w in inputs.get("video_grid_thw", torch.zeros(0, 3)).tolist()
-        for _ in range(int(t))
-    ]
-    return sizes
-
-
-class StockReference:
-    """The stock model's pieces: merged embeddings, DeepStack side features, M-RoPE positions."""
-
-    def __init__(self, stock, inputs):
-        self.stock = stock
-        inner = stock.model
-        ids = inputs["input_ids"]
-        self.embeds = inner.get_input_embeddings()(ids).detach()
-        self.visual = torch.zeros_like(ids, dtype=torch.bool)
-        self.deepstack = None
-        with torch.no_grad():
-            for pixels, grid, token, encode in (
-                ("pixel_values", "image_grid_thw", stock.config.image_token_id, inner.get_image_features),
-                ("pixel_values_videos", "video_grid_thw", stock.config.video_token_id, inner.get_video_features),
-            ):
-                if pixels not in inputs:
-                    continue
-                out = encode(inputs[pixels], inputs[grid], return_dict=True)
-                mask = ids == token
-                self.visual |= mask
-                self.embeds = self.embeds.masked_scatter(mask[..., None], torch.cat(out.pooler_output))
-                levels = [torch.cat(level) for level in getattr(out, "deepstack_features", None) or []]
-                if self.deepstack is None:
-                    self.deepstack = [torch.zeros_like(self.embeds) for _ in levels]
-                self.deepstack = [
-                    d.masked_scatter(mask[..., None], f) for d, f in zip(self.deepstack, levels, strict=True)
-                ]
-            self.positions, _ = inner.get_rope_index(
-                ids,
-                mm_token_type_ids=inputs["mm_token_type_ids"],
-                image_grid_thw=inputs.get("image_grid_thw"),
-                video_grid_thw=inputs.get("video_grid_thw"),
-                attention_mask=inputs["attention_mask"],
-            )
-
-    @torch.no_grad()
-    def logits(self, b: int, kept: list[int], appended: list[int] = ()) -> torch.Tensor:
-        """``(len(kept) + len(appended), V)``: the stock language model on the shortened sequence of sample ``b``
-        plus ``appended`` text tokens (positions after the prompt's largest), no cache."""
-        idx = torch.tensor(kept)
-        embeds, positions = self.embeds[b, idx], self.positions[:, b, idx]
-        visual = self.visual[b, idx]
-        deepstack = [level[b, idx][visual] for level in self.deepstack or []]
-        if appended:
-            table = self.stock.model.get_input_embeddings()
-            embeds = torch.cat([embeds, table(torch.tensor(list(appended)))])
-            after = positions.amax() + torch.arange(1, len(appended) + 1)
-            positions = torch.cat([positions, after[None].expand(3, -1)], dim=1)
-            visual = torch.cat([visual, torch.zeros(len(appended), dtype=torch.bool)])
-        extra = {"visual_pos_masks": visual[None], "deepstack_visual_embeds": deepstack} if deepstack else {}
-        hidden = self.stock.model.language_model(
-            inputs_embeds=embeds[None], position_ids=positions[:, None], **extra
-        ).last_hidden_state
-        return self.stock.lm_head(hidden)[0]
-
-
 def test_keep_1_is_the_stock_model(stock, ours):
-    inputs = make_qwen_inputs([A, B, TEXT, VIDEO], stock.config, video_frames=True)
+    inputs = make_qwen_inputs([A, B, TEXT, VIDEO], stock.config)
     stock.generation_config.eos_token_id = None
     with torch.no_grad():
         assert torch.equal(ours(**inputs).logits, stock(**inputs).logits)
@@ -143,21 +75,21 @@ def test_keep_1_is_the_stock_model(stock, ours):
 def test_fixed_scores_equal_the_stock_language_model_on_the_shortened_sequence(stock, ours, samples):
     """DeepStack features are pruned with their tokens: only the kept visual tokens get them, at their place.
     A video's frames (separated by timestamps) are separate segments."""
-    inputs = make_qwen_inputs(samples, stock.config, video_frames=True)
+    inputs = make_qwen_inputs(samples, stock.config)
     ours.compressor, ours.config.token_keep = FixedScores(), 0.25
-    kept = naive_kept_positions(inputs, frame_sizes(inputs, stock.config), fixed_scores, 0.25)
-    reference = StockReference(stock, inputs)
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.25)
+    reference = NaiveStock(stock, inputs, kept)
     with torch.no_grad():
         got = ours(**inputs).logits
     for b, idx in enumerate(kept):
-        torch.testing.assert_close(got[b, -len(idx) :], reference.logits(b, idx), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[b, -len(idx) :], reference.logits(b), rtol=1e-5, atol=1e-5)
 
 
 def test_generate_equals_the_naive_loop_and_is_batch_invariant(stock, ours):
     inputs = make_qwen_inputs([A, B], stock.config)
     ours.compressor, ours.config.token_keep = FixedScores(), 0.25
     kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.25)
-    reference = StockReference(stock, inputs)
+    reference = NaiveStock(stock, inputs, kept)
     with torch.no_grad():
         out = ours.generate(
             **inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True
@@ -168,7 +100,7 @@ def test_generate_equals_the_naive_loop_and_is_batch_invariant(stock, ours):
     for b in range(2):
         tokens = out.sequences[b, prompt:].tolist()
         for step in range(4):
-            expected = reference.logits(b, kept[b], tokens[:step])[-1]
+            expected = reference.last_logits(b, tokens[:step])
             torch.testing.assert_close(out.logits[step][b], expected, rtol=1e-5, atol=1e-5)
     assert out.sequences[1, -4:].tolist() == alone[0, -4:].tolist()
     assert out.past_key_values.get_seq_length() == max(len(k) for k in kept) + 4 - 1  # only the compressed prompt
@@ -200,14 +132,16 @@ def test_qwen3_5_features_from_the_first_full_layer(stock, ours):
     from transformers.models.qwen3_5 import modeling_qwen3_5 as stock_module
 
     inputs = make_qwen_inputs([A, B], stock.config)
-    reference = StockReference(stock, inputs)
+    with torch.no_grad():
+        embeds, visual, _ = stock_visual(stock, inputs)
+    positions = stock_positions(stock, inputs)
     text = stock.model.language_model
     layer = text.layers[text.config.layer_types.index("full_attention")]
     attn, ids, mask = layer.self_attn, inputs["input_ids"], inputs["attention_mask"]
     expected = torch.zeros(ids.shape)
     with torch.no_grad():
-        cos, sin = text.rotary_emb(reference.embeds, reference.positions)
-        h = layer.input_layernorm(reference.embeds)
+        cos, sin = text.rotary_emb(embeds, positions)
+        h = layer.input_layernorm(embeds)
         batch, length = ids.shape
         q, _gate = torch.chunk(attn.q_proj(h).view(batch, length, -1, attn.head_dim * 2), 2, dim=-1)
         q = attn.q_norm(q).transpose(1, 2)
@@ -215,7 +149,7 @@ def test_qwen3_5_features_from_the_first_full_layer(stock, ours):
         q, k = stock_module.apply_rotary_pos_emb(q, k, cos, sin)
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         scores = (q @ k.transpose(-1, -2)) * attn.scaling
-        for b, rows in enumerate(text_rows(ids, reference.visual, mask)):
+        for b, rows in enumerate(text_rows(ids, visual, mask)):
             probs = []
             for i in rows:
                 keys = [j for j in range(i + 1) if mask[b, j]]
@@ -230,11 +164,62 @@ def test_qwen3_5_features_from_the_first_full_layer(stock, ours):
 def test_without_an_attention_mask_the_gapped_positions_are_not_packed_sequences(stock, ours):
     """One unpadded sample, no mask, no cache: the kept tokens' gapped positions must not be read as packed
     sequences (the contiguous text row of the 4-row ids prevents it)."""
-    inputs = make_qwen_inputs([B], stock.config, video_frames=True)
+    inputs = make_qwen_inputs([B], stock.config)
     ours.compressor, ours.config.token_keep = FixedScores(), 0.25
-    kept = naive_kept_positions(inputs, frame_sizes(inputs, stock.config), fixed_scores, 0.25)
-    reference = StockReference(stock, inputs)
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.25)
+    reference = NaiveStock(stock, inputs, kept)
     del inputs["attention_mask"]
     with torch.no_grad():
         got = ours(**inputs, use_cache=False).logits
-    torch.testing.assert_close(got[0], reference.logits(0, kept[0]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0], reference.logits(0), rtol=1e-5, atol=1e-5)
+
+
+def naive_switch_loss(router_logits: list[torch.Tensor], experts: int, top_k: int) -> torch.Tensor:
+    """Switch Transformer load balancing written out: over every layer's ``(N, E)`` router logits of the N real
+    tokens, E * sum_e (share of top-k assignments to e) * (mean routing probability of e), both pooled over layers."""
+    counts, probs, rows = torch.zeros(experts), torch.zeros(experts), 0
+    for logits in router_logits:
+        p = logits.float().softmax(-1)
+        for token in range(p.shape[0]):
+            for e in p[token].topk(top_k).indices.tolist():
+                counts[e] += 1
+        probs += p.sum(0)
+        rows += p.shape[0]
+    return experts * (counts / rows * probs / rows).sum()
+
+
+def test_moe_router_aux_loss_uses_the_compressed_sequence(stock, ours):
+    """The router's auxiliary loss (and the loss it is added to) counts exactly the kept tokens: the router
+    logits of the stock language model run on each hand-shortened sample, pooled by hand."""
+    text = stock.config.text_config
+    if not getattr(text, "num_experts", 0):
+        pytest.skip("dense model: no router")
+    inputs = make_qwen_inputs([A, B], stock.config)
+    ours.compressor, ours.config.token_keep = FixedScores(), 0.25
+    kept = naive_kept_positions(inputs, qwen_segment_sizes(inputs, stock.config), fixed_scores, 0.25)
+    reference = NaiveStock(stock, inputs, kept)
+    routers = [m for m in stock.model.language_model.modules() if type(m).__name__.endswith("TopKRouter")]
+    assert len(routers) == text.num_hidden_layers
+    seen: list[torch.Tensor] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _a, out: seen.append(out[0].reshape(-1, out[0].shape[-1]))) for m in routers
+    ]
+    try:
+        per_sample = []
+        for b in range(len(kept)):
+            seen.clear()
+            reference.logits(b)
+            per_sample.append(list(seen))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = [torch.cat([sample[i] for sample in per_sample]) for i in range(len(routers))]
+    expected = naive_switch_loss(layers, text.num_experts, text.num_experts_per_tok)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, -2:] = inputs["input_ids"][:, -2:]  # the answer: the last two tokens (the rest is the instruction)
+    with torch.no_grad():
+        out = ours(**inputs, labels=labels, output_router_logits=True)
+        full = stock(**inputs, output_router_logits=True)
+    torch.testing.assert_close(out.aux_loss, expected, rtol=1e-5, atol=1e-6)
+    assert (full.aux_loss - expected).abs() > 1e-4  # the uncompressed sequence routes other tokens
+    torch.testing.assert_close(out.loss - text.router_aux_loss_coef * out.aux_loss, ours(**inputs, labels=labels).loss)

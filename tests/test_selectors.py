@@ -12,7 +12,7 @@ from hf_tokcomp.runtime.selectors import SELECTOR_NAMES, SELECTORS, SegmentBatch
 from hf_tokcomp.testing.tiny_qwen import make_qwen_inputs
 
 from .reference import qwen_segment_sizes, stock_merged_embeddings
-from .test_features import TEMPLATE
+from .test_features import TEMPLATE, feature_layer
 
 # ---- naive references -----------------------------------------------------------------------------------------
 
@@ -187,7 +187,7 @@ def test_selectors_through_generate_equal_the_naive_reference_and_are_batch_inva
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     sizes = qwen_segment_sizes(inputs, stock.config)[stock.config.image_token_id]
     grids = [tuple(g) for g in inputs["image_grid_thw"].tolist()]
-    layer0 = stock.model.language_model.layers[0]
+    layer0 = feature_layer(stock.model.language_model)
     segment = 0
     for b, record in enumerate(records):
         row = ids[b].tolist()

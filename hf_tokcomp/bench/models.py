@@ -8,6 +8,8 @@ Random weights are enough for timing. Each model's prompt uses its own visual la
   ``27 i`` row-end tokens; the smallest ``i x j`` that reaches the target (1,485 tokens for 384 x 384).
 - VILA1.5: ``ceil(target / 196)`` images of 196 tokens each (its images are always 384 x 384, 27 x 27 patches,
   merged 2x2).
+- Qwen3-VL / Qwen3.5: as Qwen2-VL (16 px patches instead of 14; the token count depends only on the grid).
+- InternVL3.5: ``ceil(target / 256)`` tiles of 448 px, 256 tokens each after pixel shuffle, as one image.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class BenchModel:
     """One published model's shapes for the speed benchmark.
 
     Attributes:
-        family: "qwen2_vl", "llava_onevision" or "vila".
+        family: the prompt layout: "qwen2_vl" (also Qwen3-VL and Qwen3.5), "llava_onevision", "vila" or
+            "internvl"; the model class comes from the config's ``model_type``.
         real_layers: (LLM layers, vision layers) of the published model.
         build_config: ``(llm_layers, vision_layers) -> config`` with the real widths.
         min_vision_layers: fewest vision layers the model can run with (VILA reads ``hidden_states[-2]``: 2).
@@ -41,18 +44,11 @@ class BenchModel:
     build_config: Callable[[int, int], Any]
     min_vision_layers: int = 1
 
-    def model_class(self) -> type:
-        from ..models import (
-            LlavaOnevisionForConditionalGeneration,
-            Qwen2VLForConditionalGeneration,
-            VilaForConditionalGeneration,
-        )
+    def model_class(self, config) -> type:
+        """hf_tokcomp's class for ``config`` (by its ``model_type``)."""
+        from ..models import MODEL_CLASSES
 
-        return {
-            "qwen2_vl": Qwen2VLForConditionalGeneration,
-            "llava_onevision": LlavaOnevisionForConditionalGeneration,
-            "vila": VilaForConditionalGeneration,
-        }[self.family]
+        return MODEL_CLASSES[config.model_type]
 
     def make_inputs(self, model, batch: int, visual_tokens: int, text_tokens: int) -> dict[str, torch.Tensor]:
         """``batch`` copies of one prompt: :data:`PREFIX`, about ``visual_tokens`` visual tokens (see the module
@@ -65,6 +61,12 @@ class BenchModel:
             grid = max(2, 2 * round(visual_tokens**0.5))  # grid x grid patches -> grid^2 / 4 tokens
             sample = [("text", PREFIX), ("image", (grid, grid)), ("text", question)]
             return make_qwen_inputs([sample] * batch, config)
+        if self.family == "internvl":
+            from ..testing.tiny_internvl import make_internvl_inputs
+
+            tiles = math.ceil(visual_tokens / config.image_seq_length)
+            sample = [("text", PREFIX), ("image", tiles), ("text", question)]
+            return make_internvl_inputs([sample] * batch, config)
         gen = torch.Generator().manual_seed(0)
         if self.family == "llava_onevision":
             height, width = llava_image_for(visual_tokens, config)
@@ -96,6 +98,8 @@ class BenchModel:
             return model.model.get_image_features(
                 inputs["pixel_values"], inputs["image_sizes"], batch_num_images=inputs["batch_num_images"]
             )
+        if self.family == "internvl":
+            return model.model.get_image_features(inputs["pixel_values"])
         return model.get_image_features(inputs["pixel_values"])
 
 
@@ -199,10 +203,133 @@ def _vila15_3b(llm_layers: int, vision_layers: int):
     return VilaConfig(llm_cfg=llm.to_dict(), vision_tower_cfg=tower.to_dict())
 
 
+def _qwen3_vision(out_hidden: int, vision_layers: int, deepstack: bool) -> dict:
+    """The Qwen3-VL / Qwen3.5 vision tower (SigLIP-2 so400m width, 16 px patches, 2x2 merge). Its DeepStack taps
+    blocks 8 / 16 / 24 of 27; with fewer blocks the taps scale down (three levels at any depth)."""
+    taps = [min(vision_layers - 1, i * vision_layers // 27) for i in (8, 16, 24)] if deepstack else []
+    return dict(
+        depth=vision_layers,
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_heads=16,
+        patch_size=16,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        in_channels=3,
+        out_hidden_size=out_hidden,
+        num_position_embeddings=2304,
+        deepstack_visual_indexes=taps,
+    )
+
+
+#: Qwen3-VL's token ids (the Qwen2 vocabulary's)
+_QWEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+
+
+def _qwen3_vl(moe: bool) -> Callable[[int, int], Any]:
+    def build(llm_layers: int, vision_layers: int):
+        from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
+
+        hidden = 2048 if moe else 4096
+        text = dict(
+            vocab_size=151936,
+            hidden_size=hidden,
+            intermediate_size=6144 if moe else 12288,
+            num_hidden_layers=llm_layers,
+            num_attention_heads=32,
+            num_key_value_heads=4 if moe else 8,
+            head_dim=128,
+            max_position_embeddings=262144,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True,
+            },
+        )
+        if moe:
+            text.update(num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768, decoder_sparse_step=1)
+        cls = Qwen3VLMoeConfig if moe else Qwen3VLConfig
+        vision = _qwen3_vision(hidden, vision_layers, deepstack=True)
+        return cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **_QWEN_IDS)
+
+    return build
+
+
+def _qwen3_5_27b(llm_layers: int, vision_layers: int):
+    """Qwen3.5-27B: 64 layers in groups of 3 Gated DeltaNet + 1 gated full attention (``llm_layers`` keeps that
+    pattern: every 4th layer is full attention, so at least 4 layers are needed for one)."""
+    from transformers import Qwen3_5Config
+
+    text = dict(
+        vocab_size=248320,
+        hidden_size=5120,
+        intermediate_size=17408,
+        num_hidden_layers=llm_layers,
+        num_attention_heads=24,
+        num_key_value_heads=4,
+        head_dim=256,
+        linear_num_value_heads=48,
+        linear_num_key_heads=16,
+        linear_key_head_dim=128,
+        linear_value_head_dim=128,
+        max_position_embeddings=262144,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1e7,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [11, 11, 10],
+            "mrope_interleaved": True,
+        },
+    )
+    vision = _qwen3_vision(5120, vision_layers, deepstack=False)
+    return Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=False)
+
+
+def _internvl3_5_8b(llm_layers: int, vision_layers: int):
+    """InternVL3.5-8B: InternViT-300M at 448 px (patch 14, pixel shuffle 0.5: 256 tokens per tile) + Qwen3-8B."""
+    from transformers import InternVLConfig
+
+    vision = dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=16,
+        image_size=[448, 448],
+        patch_size=[14, 14],
+    )
+    text = dict(
+        model_type="qwen3",
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=llm_layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    )
+    return InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=151667,  # <IMG_CONTEXT> of the -hf checkpoints
+        image_seq_length=256,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+
+
 #: real widths of the published models; ``--config`` picks one
 BENCH_MODELS: dict[str, BenchModel] = {
     "qwen2-vl-2b": BenchModel("qwen2_vl", (28, 32), _qwen2_vl(1536, 8960, 12, 2, 151936, tied=True)),
     "qwen2-vl-7b": BenchModel("qwen2_vl", (28, 32), _qwen2_vl(3584, 18944, 28, 4, 152064, tied=False)),
     "llava-onevision-7b": BenchModel("llava_onevision", (28, 26), _llava_onevision_7b),
     "vila1.5-3b": BenchModel("vila", (32, 27), _vila15_3b, min_vision_layers=2),
+    "qwen3-vl-8b": BenchModel("qwen2_vl", (36, 27), _qwen3_vl(moe=False)),
+    "qwen3-vl-30b-a3b": BenchModel("qwen2_vl", (48, 27), _qwen3_vl(moe=True)),
+    "qwen3.5-27b": BenchModel("qwen2_vl", (64, 27), _qwen3_5_27b),
+    "internvl3.5-8b": BenchModel("internvl", (36, 24), _internvl3_5_8b),
 }

@@ -26,8 +26,19 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .models import BENCH_MODELS, llava_image_for
+from .report import headline, markdown, plot
 
-__all__ = ["BenchSpec", "run_benchmark", "fastv_keep_for_equal_tokens", "add_ratios", "markdown", "headline", "plot"]
+__all__ = [
+    "BenchSpec",
+    "run_benchmark",
+    "cell_count",
+    "fastv_keep_for_equal_tokens",
+    "has_linear_attention",
+    "add_ratios",
+    "markdown",
+    "headline",
+    "plot",
+]
 
 
 @dataclass
@@ -109,7 +120,15 @@ def _timed(fn: Callable[[], Any], spec: BenchSpec) -> dict[str, float]:
 
 
 def _kv_bytes(cache) -> int:
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    """Bytes of the attention layers' keys and values (Qwen3.5's linear-attention layers keep a recurrent state of
+    fixed size instead, which pruning does not change: not counted)."""
+    tensors = [getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values")]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def has_linear_attention(config) -> bool:
+    """Whether the LLM has linear-attention layers (Qwen3.5), which the FastV loop does not run."""
+    return "linear_attention" in (getattr(config.get_text_config(), "layer_types", None) or [])
 
 
 def _flops(fn: Callable[[], Any]) -> int:
@@ -168,6 +187,7 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
     """Measure one cell (runs inside a fresh process)."""
     from ..evaluation.fastv import fastv_generate, fastv_prefill, fastv_prepare
     from ..runtime.compressor import TokenCompressor, TokenCompressorConfig
+    from ..runtime.stock_call import stock_forward_on
 
     torch.manual_seed(0)
     bench_model = BENCH_MODELS[spec.config]
@@ -175,7 +195,7 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
     config._attn_implementation = spec.attn
     dtype = getattr(torch, spec.dtype)
     with torch.device(spec.device):  # weights initialised where they run (a 7B model on the CPU takes minutes)
-        model = bench_model.model_class()(config)
+        model = bench_model.model_class(config)(config)
     model = model.to(dtype).eval()
     model.generation_config.eos_token_id = None
     model.compressor = TokenCompressor(TokenCompressorConfig()).to(spec.device).eval()
@@ -246,17 +266,9 @@ def worker(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, A
             cache = first.past_key_values
             merged = model._tokcomp_merge(ids, visual_keys)
             batch_inputs = model._tokcomp_select(merged, ids, mask, None, None, visual_keys)
-            positions = model._tokcomp_llm_positions(batch_inputs)
-            lm, head = model._tokcomp_text_model(), model._tokcomp_lm_head()
 
-            def llm_prefill():
-                out = lm(
-                    inputs_embeds=batch_inputs.inputs_embeds,
-                    attention_mask=batch_inputs.attention_mask,
-                    position_ids=positions,
-                    use_cache=True,
-                )
-                head(out.last_hidden_state[:, -1:])
+            def llm_prefill():  # the stock forward on the (compressed) batch: DeepStack included, one logit row
+                stock_forward_on(model, batch_inputs, use_cache=True, logits_to_keep=1)
 
             row["kept_tokens"] = int(batch_inputs.attention_mask[0].sum())
             row["avg_tokens_per_layer"] = row["kept_tokens"]
@@ -282,33 +294,58 @@ def _cell(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, An
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_benchmark(spec: BenchSpec, progress: bool = True) -> dict[str, Any]:
-    """All cells of ``spec`` side by side, with the ratios (speed-ups vs stock and vs their ideals)."""
+def _no_fastv(spec: BenchSpec) -> bool:
+    return has_linear_attention(BENCH_MODELS[spec.config].build_config(spec.llm_layers, spec.vision_layers))
+
+
+def cell_count(spec: BenchSpec) -> int:
+    """Cells :func:`run_benchmark` runs at most: per batch size the stock cell, ours at each keep, and FastV at each
+    keep unless the model has linear-attention layers (FastV's equal-token keep may still rule one out)."""
+    return len(spec.batch_sizes) * (1 + (1 if _no_fastv(spec) else 2) * len(spec.keeps))
+
+
+def run_benchmark(
+    spec: BenchSpec, progress: bool = True, on_cell: Callable[[list[dict[str, Any]]], None] | None = None
+) -> dict[str, Any]:
+    """All cells of ``spec`` side by side, with the ratios (speed-ups vs stock and vs their ideals).
+    ``on_cell(rows)`` is called after every cell with the rows so far (e.g. to save them as they come)."""
     from tqdm.auto import tqdm
 
     spec.check()
 
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(spec.batch_sizes) * (1 + 2 * len(spec.keeps)), desc="benchmark cells", disable=not progress)
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if on_cell is not None:
+            on_cell(rows)
+
+    no_fastv = _no_fastv(spec)
+    if no_fastv and progress:
+        print(f"{spec.config}: no FastV cells (its linear-attention layers are not run by the FastV loop)")
+    bar = tqdm(total=cell_count(spec), desc="benchmark cells", disable=not progress)
     for batch in spec.batch_sizes:
         stock = _cell(spec, "stock", 1.0, batch)
-        rows.append(stock)
+        add(stock)
         bar.update()
         for keep in spec.keeps:
-            rows.append(_cell(spec, "ours", keep, batch))
+            add(_cell(spec, "ours", keep, batch))
             bar.update()
         # FastV's keep from the prompt as built (visual and other tokens counted by the stock cell)
         visual, other = stock["visual_tokens"], stock["prompt_tokens"] - stock["visual_tokens"]
-        for keep in spec.keeps:
+        for keep in [] if no_fastv else spec.keeps:
             fv = fastv_keep_for_equal_tokens(keep, visual, other, spec.llm_layers, spec.fastv_k)
             if fv is not None:
-                rows.append(_cell(spec, "fastv", round(fv, 4), batch))
+                add(_cell(spec, "fastv", round(fv, 4), batch))
             bar.update()
     bar.close()
     device = (
         torch.cuda.get_device_name() if spec.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     )
-    return {"spec": asdict(spec), "device": device, "torch": torch.__version__, "rows": add_ratios(rows)}
+    result = {"spec": asdict(spec), "device": device, "torch": torch.__version__, "rows": add_ratios(rows)}
+    if no_fastv:
+        result["fastv"] = "not run: FastV is not implemented for linear-attention (Gated DeltaNet) layers"
+    return result
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -329,109 +366,15 @@ def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fastv_match(result: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any] | None:
-    """The FastV row of the same batch with (within 1%) the same average tokens per layer as ``ours``."""
-    for row in result["rows"]:
-        if row["method"] == "fastv" and row["batch"] == ours["batch"]:
-            if abs(row["avg_tokens_per_layer"] - ours["avg_tokens_per_layer"]) <= 0.01 * ours["avg_tokens_per_layer"]:
-                return row
-    return None
-
-
-def headline(result: dict[str, Any]) -> str:
-    """The ratios the goals are stated in: per batch and keep, the LLM prefill and TTFT speed-ups as a share of
-    their ideals, our overhead as a share of the stock LLM prefill, decode rate vs stock, and ours / FastV
-    (LLM prefill time, TTFT, peak memory; below 1 = ours better) where FastV has an equal-tokens setting."""
-    lines = [
-        "| batch | keep | LLM prefill % of ideal | TTFT % of ideal | overhead % of stock prefill | decode vs stock | "
-        "ours / FastV: LLM prefill | TTFT | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        if r["method"] != "ours":
-            continue
-        fv = _fastv_match(result, r)
-        vs = (
-            "- | - | -"
-            if fv is None
-            else (
-                f"{r['llm_prefill']['median'] / fv['llm_prefill']['median']:.2f} | "
-                f"{r['ttft']['median'] / fv['ttft']['median']:.2f} | "
-                f"{r['peak_mb'] / fv['peak_mb'] if fv['peak_mb'] > 0 else float('nan'):.2f}"
-            )
-        )
-        lines.append(
-            f"| {r['batch']} | {r['keep']} | {100 * r['llm_speedup'] / r['llm_ideal']:.0f}% | "
-            f"{100 * r['ttft_speedup'] / r['ttft_ideal']:.0f}% | {100 * r['overhead_share']:.2f} | "
-            f"{r['decode_ratio']:.2f} | {vs} |"
-        )
-    return "\n".join(lines)
-
-
-def markdown(result: dict[str, Any]) -> str:
-    spec = result["spec"]
-    lines = [
-        f"{spec['config']} widths, {spec['llm_layers']} LLM layers, {spec['vision_layers']} vision layers, "
-        f"{spec['dtype']}, {spec['attn']}; {result['device']}; FastV K={spec['fastv_k']} at the same average "
-        "tokens per layer as ours; medians of "
-        f"{spec['repeats']} runs after {spec['warmup']} warm-up.",
-        "",
-        "| batch | method | keep | tokens/layer N' (N) | LLM prefill ms | LLM speed-up (ideal) | % ideal | "
-        "TTFT ms | TTFT speed-up (ideal) | FLOPs ratio | overhead % | decode tok/s (ratio) | KV MB | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        overhead = f"{100 * r['overhead_share']:.2f}" if "overhead_share" in r else "-"
-        lines.append(
-            f"| {r['batch']} | {r['method']} | {r['keep']} | {r['avg_tokens_per_layer']:.0f} ({r['prompt_tokens']}) | "
-            f"{1e3 * r['llm_prefill']['median']:.0f} | {r['llm_speedup']:.2f}x ({r['llm_ideal']:.2f}x) | "
-            f"{100 * r['llm_speedup'] / r['llm_ideal']:.0f}% | {1e3 * r['ttft']['median']:.0f} | "
-            f"{r['ttft_speedup']:.2f}x ({r['ttft_ideal']:.2f}x) | {r['flops_ratio']:.3f} | {overhead} | "
-            f"{r['decode_tokens_per_s']:.1f} ({r['decode_ratio']:.2f}) | {r['kv_bytes'] / 2**20:.1f} | "
-            f"{r['peak_mb']:.0f} |"
-        )
-    return "\n".join([*lines, "", "Headline ratios (goals in benchmarks/README.md):", "", headline(result)])
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Speed-up vs kept fraction of tokens per layer, one line per (method, batch), with the ideal line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, title in ((axes[0], "llm", "LLM prefill"), (axes[1], "ttft", "time to first token")):
-        for method, marker in (("ours", "o"), ("fastv", "s")):
-            for batch in sorted({r["batch"] for r in result["rows"]}):
-                rows = sorted(
-                    (r for r in result["rows"] if r["method"] in (method, "stock") and r["batch"] == batch),
-                    key=lambda r: -r["avg_tokens_per_layer"],
-                )
-                x = [r["avg_tokens_per_layer"] / r["prompt_tokens"] for r in rows]
-                ax.plot(x, [r[f"{key}_speedup"] for r in rows], marker=marker, label=f"{method}, batch {batch}")
-                if method == "ours":
-                    ax.plot(
-                        x,
-                        [r[f"{key}_ideal"] for r in rows],
-                        "k:",
-                        alpha=0.5,
-                        label="ideal" if batch == min(r["batch"] for r in result["rows"]) else None,
-                    )
-        ax.set_xlabel("tokens per layer / prompt tokens")
-        ax.set_ylabel("speed-up vs stock")
-        ax.set_title(title)
-        ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{result['spec']['config']} ({result['device']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> None:
     import argparse
+    import shlex
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--plan-lines"]:  # one process checks many runs: each line of the file is one run's arguments
+        for line in Path(argv[1]).read_text().splitlines():
+            main([*shlex.split(line), "--plan"])
+        return None
 
     parser = argparse.ArgumentParser(prog="tokcomp bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="qwen2-vl-2b", choices=sorted(BENCH_MODELS), help="model widths")
@@ -455,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed_cpu"), help="OUT.json/.md/.png")
     parser.add_argument("--plan", action="store_true", help="check the settings and print the cells, run nothing")
+    parser.epilog = "--plan-lines FILE (alone): --plan for each line of FILE, one run's arguments per line"
     args = parser.parse_args(argv)
     model = BENCH_MODELS[args.config]
     llm_layers, vision_layers = model.real_layers if args.full_depth else (args.llm_layers, args.vision_layers)
@@ -479,12 +423,17 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         parser.error(str(err))
     if args.plan:  # the cells of run_benchmark, without running them
-        cells = len(spec.batch_sizes) * (1 + 2 * len(spec.keeps))
-        return print(json.dumps({"plan": asdict(spec), "cells": cells, "out": str(args.out)}))
-    result = run_benchmark(spec)
+        return print(json.dumps({"plan": asdict(spec), "cells": cell_count(spec), "out": str(args.out)}))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial.json")  # the cells done so far: an interrupted run keeps them
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        partial.write_text(json.dumps({"spec": asdict(spec), "rows": rows}, indent=2))
+
+    result = run_benchmark(spec, on_cell=save)
+    partial.unlink(missing_ok=True)
     text = markdown(result)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     args.out.with_suffix(".md").write_text(text + "\n")
     plot(result, args.out.with_suffix(".png"))

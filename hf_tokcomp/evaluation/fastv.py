@@ -59,13 +59,34 @@ def _additive_mask(query_valid: torch.Tensor, key_valid: torch.Tensor, causal: b
     )
 
 
-def _run_layers(model, layers, hidden: torch.Tensor, positions: torch.Tensor, attn_mask, cache) -> torch.Tensor:
+def _run_layers(
+    model, layers, hidden: torch.Tensor, positions: torch.Tensor, attn_mask, cache, adds=()
+) -> torch.Tensor:
+    """The decoder ``layers`` on ``hidden`` ``(B, L, D)``; ``adds[i]`` ``(B, L, D)`` (zero off the visual tokens) is
+    added to the output of ``layers[i]``, as Qwen3-VL adds its DeepStack features after its first layers."""
     cos_sin = model._tokcomp_rotary(hidden, positions)
-    for layer in layers:
+    for i, layer in enumerate(layers):
         hidden = layer(
             hidden, attention_mask=attn_mask, position_embeddings=cos_sin, past_key_values=cache, use_cache=True
         )
+        if i < len(adds):
+            hidden = hidden + adds[i].to(hidden.dtype)
     return hidden
+
+
+def _deepstack(batch: CompressedBatch) -> list[torch.Tensor]:
+    """The batch's DeepStack levels in layer order (Qwen3-VL; empty for the other families)."""
+    return [batch.side[f"deepstack_{i}"] for i in range(len(batch.side))]
+
+
+def _check_family(model) -> None:
+    kinds = getattr(model.config.get_text_config(), "layer_types", None) or []
+    if "linear_attention" in kinds:
+        raise ValueError(
+            f"FastV is not implemented for {type(model).__name__}: its linear-attention (Gated DeltaNet) layers "
+            "keep a recurrent state that this FastV loop does not run. Compare with the input-stage selectors "
+            "(`--methods ours attention ...`) instead."
+        )
 
 
 def fastv_prepare(model, inputs: dict) -> tuple[MergedInputs, CompressedBatch]:
@@ -73,9 +94,11 @@ def fastv_prepare(model, inputs: dict) -> tuple[MergedInputs, CompressedBatch]:
     ids = inputs["input_ids"]
     mask = inputs.get("attention_mask", torch.ones_like(ids))
     visual = {name: inputs.get(name) for name in model._tokcomp_visual_keys}
+    _check_family(model)
     merged = model._tokcomp_merge(ids, visual)
     positions = model._tokcomp_positions(ids, mask, visual, None)
-    return merged, compress_batch(mask.bool(), ids, merged.inputs_embeds, positions, left_padding=True)
+    batch = compress_batch(mask.bool(), ids, merged.inputs_embeds, positions, left_padding=True, side=merged.side)
+    return merged, batch
 
 
 def fastv_prefill(model, merged: MergedInputs, full: CompressedBatch, token_keep: float, k: int) -> FastVPrefill:
@@ -87,19 +110,21 @@ def fastv_prefill(model, merged: MergedInputs, full: CompressedBatch, token_keep
     cache = DynamicCache(config=lm.config)
     dtype = full.inputs_embeds.dtype
     full_mask = _additive_mask(full.attention_mask, full.attention_mask, True, dtype)
-    hidden = _run_layers(model, lm.layers[: k - 1], full.inputs_embeds, full.position_ids, full_mask, cache)
+    levels = _deepstack(full)
+    hidden = _run_layers(model, lm.layers[: k - 1], full.inputs_embeds, full.position_ids, full_mask, cache, levels)
     # FastV's signal: the last token's attention at layer K-1 (1-indexed: the K-th layer), over all keys.
     cos, sin = model._tokcomp_rotary(hidden, full.position_ids)
     attention = last_token_attention(hidden, lm.layers[k - 1], cos, sin, full.attention_mask)
-    hidden = _run_layers(model, lm.layers[k - 1 : k], hidden, full.position_ids, full_mask, cache)
+    hidden = _run_layers(model, lm.layers[k - 1 : k], hidden, full.position_ids, full_mask, cache, levels[k - 1 : k])
 
     keep = full.attention_mask.bool() & ~merged.visual_mask
     for b, segments in enumerate(merged.segments):
         for _, start, end in segments:
             keep[b, start + select_top(attention[b, start:end], token_keep)] = True
-    pruned = compress_batch(keep, full.input_ids, hidden, full.position_ids, left_padding=True)
+    pruned = compress_batch(keep, full.input_ids, hidden, full.position_ids, left_padding=True, side=full.side)
     pruned_mask = _additive_mask(pruned.attention_mask, pruned.attention_mask, True, dtype)
-    hidden = _run_layers(model, lm.layers[k:], pruned.inputs_embeds, pruned.position_ids, pruned_mask, cache)
+    later = _deepstack(pruned)[k:]  # DeepStack levels of layers K.. (Qwen3-VL: 3 levels, so with K=2 one more)
+    hidden = _run_layers(model, lm.layers[k:], pruned.inputs_embeds, pruned.position_ids, pruned_mask, cache, later)
     return FastVPrefill(hidden, cache, keep, full.attention_mask, pruned.attention_mask, full.position_ids[..., -1:])
 
 
@@ -115,7 +140,8 @@ def fastv_generate(
     """FastV with greedy decoding on an hf_tokcomp model (its own compression is not used).
 
     Args:
-        model: an hf_tokcomp model (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, VILA1.5).
+        model: an hf_tokcomp model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL with its DeepStack features added after its
+            first layers, LLaVA-OneVision, VILA1.5, InternVL; not Qwen3.5, whose linear-attention layers it refuses).
         inputs: processor output for a left-padded batch.
         token_keep: fraction of each segment's visual tokens kept from layer ``k`` on (the core's budget rule).
         k: layers that see every token (FastV's K; 2 in the paper).

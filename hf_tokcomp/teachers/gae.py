@@ -23,6 +23,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..runtime.compression import compress_batch
+from ..runtime.stock_call import stock_forward_on
 
 __all__ = ["visual_relevance", "append_answers", "greedy_answers", "cut_at_eos"]
 
@@ -225,16 +226,17 @@ def visual_relevance(
             merged = model._tokcomp_merge(ids, visual_inputs)
             positions = model._tokcomp_positions(ids, full["attention_mask"], visual_inputs, None)
             batch_inputs = compress_batch(
-                full["attention_mask"].bool(), ids, merged.inputs_embeds, positions, pad_token_id=pad, left_padding=True
+                full["attention_mask"].bool(),
+                ids,
+                merged.inputs_embeds,
+                positions,
+                pad_token_id=pad,
+                left_padding=True,
+                side=merged.side,
             )  # keeps every token, same layout
-        embeds = batch_inputs.inputs_embeds.detach().requires_grad_(True)
+        embeds = batch_inputs.inputs_embeds = batch_inputs.inputs_embeds.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(
-                inputs_embeds=embeds,
-                attention_mask=batch_inputs.attention_mask,
-                position_ids=model._tokcomp_llm_positions(batch_inputs),
-                use_cache=False,
-            ).logits
+            logits = stock_forward_on(model, batch_inputs, use_cache=False).logits
             for t in range(max(lengths, default=0)):
                 active = [b for b in range(batch) if t < lengths[b]]
                 # answer token t of sample b sits at column length - T_b + t, predicted by the column before
@@ -244,7 +246,7 @@ def visual_relevance(
                 v[active, where] = 1.0
                 _ACTIVE.append(_Rollout(v))
                 try:
-                    torch.autograd.grad(target, embeds, retain_graph=t + 1 < max(lengths))
+                    torch.autograd.grad(target, embeds, retain_graph=t + 1 < max(lengths), allow_unused=True)
                     total += _ACTIVE[-1].v
                 finally:
                     _ACTIVE.pop()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..runtime.compression import compress_batch
+from ..runtime.stock_call import stock_forward_on
 from .gae import append_answers
 
 __all__ = ["occlusion_relevance"]
@@ -63,13 +64,9 @@ def occlusion_relevance(
             positions.expand(*positions.shape[:-2], rows, -1),
             labels.expand(rows, -1),
             pad_token_id=pad,
+            side={name: value.expand(rows, -1, -1) for name, value in merged.side.items()},
         )
-        logits = model(
-            inputs_embeds=batch.inputs_embeds,
-            attention_mask=batch.attention_mask,
-            position_ids=model._tokcomp_llm_positions(batch),
-            use_cache=False,
-        ).logits.float()
+        logits = stock_forward_on(model, batch, use_cache=False).logits.float()
         logp = logits[:, :-1].log_softmax(-1)
         target = batch.labels[:, 1:]
         picked = logp.gather(-1, target.clamp_min(0)[..., None])[..., 0]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-__all__ = ["VOCAB", "TIMESTAMP", "mrope_section", "tiny_qwen_config", "make_qwen_inputs"]
+__all__ = ["VOCAB", "TIMESTAMP", "mrope_section", "frames_are_segments", "tiny_qwen_config", "make_qwen_inputs"]
 
 #: ids of the special tokens in the tiny vocabulary (300 tokens; ids below 280 are ordinary text)
 #: first id of the stand-in timestamp tokens of Qwen3-VL-style videos (one per frame)
@@ -25,6 +25,12 @@ def mrope_section(rotary_dim: int) -> list[int]:
     """M-RoPE (temporal, height, width) sections for a rotary dimension, in the real models' 2 : 3 : 3 spirit."""
     half = rotary_dim // 2
     return [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+
+
+def frames_are_segments(config) -> bool:
+    """Whether the family writes a video frame by frame with timestamp text between frames (Qwen3-VL, Qwen3.5), so
+    each frame is a segment of its own; Qwen2-VL and Qwen2.5-VL write a video as one run."""
+    return config.model_type.startswith("qwen3")
 
 
 def tiny_qwen_config(
@@ -93,7 +99,7 @@ def make_qwen_inputs(
     config: Qwen2VLConfig | Qwen2_5_VLConfig,
     seed: int = 0,
     padding_side: str = "left",
-    video_frames: bool = False,
+    video_frames: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Processor-style inputs for a batch.
 
@@ -104,12 +110,15 @@ def make_qwen_inputs(
         seed: seed of the random pixels (mixed with each sample's content).
         padding_side: ``"left"`` (generation) or ``"right"``.
         video_frames: lay a video out frame by frame, each with a timestamp token and its own vision start / end
-            (Qwen3-VL's layout), instead of one run.
+            (Qwen3-VL's layout), instead of one run; ``None`` (default): the layout of the config's family (frames
+            for Qwen3-VL and Qwen3.5, one run for Qwen2-VL and Qwen2.5-VL).
 
     Returns:
         ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` ``(B, L)``; ``pixel_values`` ``(patches, C*T*P*P)``
         and ``image_grid_thw`` ``(images, 3)`` when there are images; the ``*_videos`` pair when there are videos.
     """
+    if video_frames is None:
+        video_frames = frames_are_segments(config)
     vision = config.vision_config
     merge, temporal = vision.spatial_merge_size, vision.temporal_patch_size
     patch_dim = vision.in_channels * temporal * vision.patch_size**2

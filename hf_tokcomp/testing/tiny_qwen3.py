@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
-from .tiny_qwen import VOCAB, mrope_section
+from .tiny_qwen import VOCAB, mrope_section, tiny_qwen_config
 
-__all__ = ["tiny_qwen3_vl_config", "tiny_qwen3_5_config"]
+__all__ = ["tiny_qwen3_vl_config", "tiny_qwen3_5_config", "tiny_config", "QWEN_FAMILIES"]
 
 
 #: the tiny vocabulary's placeholder and marker ids, as the Qwen3 configs name them
@@ -121,3 +121,22 @@ def tiny_qwen3_5_config(moe: bool = False, hidden_size: int = 64, num_layers: in
         vision_config=vision,
         **_TOKENS,
     )
+
+
+#: the Qwen families whose tiny configs :func:`tiny_config` builds (they share the inputs of ``make_qwen_inputs``)
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+
+
+def tiny_config(family: str):
+    """The tiny config of any Qwen family in :data:`QWEN_FAMILIES` (its ``model_type``)."""
+    builders = {
+        "qwen2_vl": lambda: tiny_qwen_config("qwen2_vl"),
+        "qwen2_5_vl": lambda: tiny_qwen_config("qwen2_5_vl"),
+        "qwen3_vl": tiny_qwen3_vl_config,
+        "qwen3_vl_moe": lambda: tiny_qwen3_vl_config(moe=True),
+        "qwen3_5": tiny_qwen3_5_config,
+        "qwen3_5_moe": lambda: tiny_qwen3_5_config(moe=True),
+    }
+    if family not in builders:
+        raise ValueError(f"`family`={family!r} has no tiny Qwen config; choose one of {list(builders)}")
+    return builders[family]()
