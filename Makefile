@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Small-model tests and demos run much faster single-threaded on a shared 2-core machine.
 RUN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup test test-lmms test-vllm lint demo demo-quick organism ship-compressor bench bench-all tfharness clean
+.PHONY: help setup test test-lmms test-vllm lint demo demo-quick organism ship-compressor bench bench-all bench-families tfharness clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -82,6 +82,11 @@ TFH_ROOT ?= $(HOME)/.cache/hf_tokcomp-tfharness
 TFH_SCRIPT ?= ../shared/tools/build_tfharness.sh
 TFH_FILES = tests/models/qwen2_vl/test_modeling_qwen2_vl.py tests/models/qwen2_5_vl/test_modeling_qwen2_5_vl.py \
 	tests/models/llava_onevision/test_modeling_llava_onevision.py tests/models/qwen3_vl/test_modeling_qwen3_vl.py
+
+bench-families:  $(STAMP)  ## scaled-down Qwen3-VL-8B, Qwen3-VL-30B-A3B, Qwen3.5-27B, InternVL3.5-8B (4 LLM layers, batch 1, CPU, ~1 h)
+	for c in qwen3-vl-8b internvl3.5-8b qwen3-vl-30b-a3b qwen3.5-27b; do \
+		$(BENCH) --config $$c --llm-layers 4 --batch-sizes 1 --keeps 0.5 0.25 --new-tokens 8 \
+			--out benchmarks/results/speed_cpu_$$(echo $$c | tr '.-' '__') || exit 1; done
 
 tfharness:  ## transformers' own model tests, stock classes then ours (needs TF_GIT_DIR: a transformers clone, see shared/tools)
 	@test -n "$(TF_GIT_DIR)" || { echo "set TF_GIT_DIR to the .git of a transformers clone holding the commit build_tfharness.sh names"; exit 2; }

@@ -240,3 +240,14 @@ def test_cpu_peak_window_sees_an_allocation_after_a_larger_one():
     peak = _peak_mb(spec("tiny-qwen2-vl"), baseline)
     del block
     assert 95 <= peak <= 140
+
+
+def test_a_cell_runs_in_its_own_worker_process():
+    """The worker process that every real cell runs in (``python -m hf_tokcomp.bench.speed <job>``), on a real
+    config cut to 3 LLM layers and a 16-token image."""
+    from hf_tokcomp.bench.speed import _cell
+
+    small = BenchSpec(config="qwen2-vl-2b", llm_layers=3, vision_layers=1, visual_tokens=16, text_tokens=4)
+    small.new_tokens, small.repeats, small.warmup = 2, 2, 0
+    row = _cell(small, "ours", 0.5, 1)
+    assert (row["method"], row["visual_tokens"], row["kept_tokens"]) == ("ours", 16, len(PREFIX) + 2 + 8 + 4)

@@ -223,3 +223,15 @@ def test_moe_router_aux_loss_uses_the_compressed_sequence(stock, ours):
     torch.testing.assert_close(out.aux_loss, expected, rtol=1e-5, atol=1e-6)
     assert (full.aux_loss - expected).abs() > 1e-4  # the uncompressed sequence routes other tokens
     torch.testing.assert_close(out.loss - text.router_aux_loss_coef * out.aux_loss, ours(**inputs, labels=labels).loss)
+
+
+def test_a_text_config_without_an_end_of_sequence_id_reads_the_model_configs():
+    """transformers' Qwen3VLTextConfig declares no ``eos_token_id``: the turn end comes from the model config, and
+    a checkpoint with neither still compresses (it then has no turn end to skip)."""
+    from transformers import Qwen3VLConfig
+
+    from hf_tokcomp.runtime.instruction import turn_layout
+
+    assert not hasattr(Qwen3VLConfig().text_config, "eos_token_id")
+    assert turn_layout(Qwen3VLConfig(eos_token_id=151645)).turn_end == (151645,)
+    assert turn_layout(Qwen3VLConfig()).turn_end == ()

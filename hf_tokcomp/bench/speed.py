@@ -287,7 +287,7 @@ def _cell(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, An
     payload = json.dumps({"spec": asdict(spec), "method": method, "keep": keep, "batch": batch})
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run(
-        [sys.executable, "-m", "hf_tokcomp.bench", payload], capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-m", "hf_tokcomp.bench.speed", payload], capture_output=True, text=True, env=env, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker {method}@{keep} (batch {batch}) failed: {done.stderr[-1500:]}")

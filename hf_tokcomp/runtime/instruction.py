@@ -59,14 +59,23 @@ class TurnLayout:
         return cls(start, len(answer_start_ids), tuple(int(i) for i in answer_start_ids), ends, tuple(sorted(ids)))
 
 
+def _token_id(config, name: str) -> int | list[int] | None:
+    """``name`` (e.g. ``eos_token_id``) of the text config, else of the model config (Qwen3-VL's text config
+    declares no end-of-sequence id), else None."""
+    for source in (config.get_text_config(), config):
+        value = getattr(source, name, None)
+        if value is not None:
+            return value
+    return None
+
+
 def turn_layout(config) -> TurnLayout:
-    """A model config's turn markers: ``answer_start_ids``, the text config's end-of-sequence id, and the
+    """A model config's turn markers: ``answer_start_ids``, the end-of-sequence id (text config first), and the
     config's vision start / end and padding ids as template."""
-    text = config.get_text_config()
     names = ("vision_start_token_id", "vision_end_token_id", "image_start_token_id", "image_end_token_id")
-    template = [getattr(config, n, None) for n in names] + [text.pad_token_id]
+    template = [getattr(config, n, None) for n in names] + [_token_id(config, "pad_token_id")]
     template = [int(t) for t in template if isinstance(t, int)]
-    return TurnLayout.from_ids(getattr(config, "answer_start_ids", None), text.eos_token_id, template)
+    return TurnLayout.from_ids(getattr(config, "answer_start_ids", None), _token_id(config, "eos_token_id"), template)
 
 
 def _turn_text(
