@@ -79,21 +79,19 @@ bench-all: bench  ## + scaled-down VILA1.5-3b and LLaVA-OneVision-7B (batch 1, C
 	$(BENCH) --config llava-onevision-7b --llm-layers 4 --batch-sizes 1 --new-tokens 8 --out benchmarks/results/speed_cpu_llava_ov_7b
 
 TFH_ROOT ?= $(HOME)/.cache/hf_tokcomp-tfharness
-TFH_SCRIPT ?= ../shared/tools/build_tfharness.sh
-TFH_FILES = tests/models/qwen2_vl/test_modeling_qwen2_vl.py tests/models/qwen2_5_vl/test_modeling_qwen2_5_vl.py \
-	tests/models/llava_onevision/test_modeling_llava_onevision.py tests/models/qwen3_vl/test_modeling_qwen3_vl.py
+TFH_SCRIPT ?= tools/build_tfharness.sh
+TFH_FILES = $(foreach m,qwen2_vl qwen2_5_vl llava_onevision qwen3_vl qwen3_vl_moe qwen3_5 qwen3_5_moe internvl,tests/models/$(m)/test_modeling_$(m).py)
 
-bench-families:  $(STAMP)  ## scaled-down Qwen3-VL-8B, Qwen3-VL-30B-A3B, Qwen3.5-27B, InternVL3.5-8B (4 LLM layers, batch 1, CPU, ~1 h)
+bench-families:  $(STAMP)  ## scaled-down Qwen3-VL-8B, InternVL3.5-8B, Qwen3-VL-30B-A3B, Qwen3.5-27B (4 LLM layers, 576 visual tokens, batch 1, CPU, ~40 min)
 	for c in qwen3-vl-8b internvl3.5-8b qwen3-vl-30b-a3b qwen3.5-27b; do \
-		$(BENCH) --config $$c --llm-layers 4 --batch-sizes 1 --keeps 0.5 0.25 --new-tokens 8 \
+		$(BENCH) --config $$c --llm-layers 4 --batch-sizes 1 --keeps 0.5 0.25 --visual-tokens 576 --new-tokens 8 --repeats 2 \
 			--out benchmarks/results/speed_cpu_$$(echo $$c | tr '.-' '__') || exit 1; done
 
 tfharness:  ## transformers' own model tests, stock classes then ours (needs TF_GIT_DIR: a transformers clone, see shared/tools)
 	@test -n "$(TF_GIT_DIR)" || { echo "set TF_GIT_DIR to the .git of a transformers clone holding the commit build_tfharness.sh names"; exit 2; }
 	ROOT_DIR=$(TFH_ROOT) TF_GIT_DIR=$(TF_GIT_DIR) HF_TOKCOMP_DIR=$(CURDIR) bash $(TFH_SCRIPT)
 	cd $(TFH_ROOT)/tfharness && ./run_with_subclass.sh $(TFH_FILES)
-	cd $(TFH_ROOT)/tfharness && SUBCLASS_DEFAULTS=1 QWEN3VL_CLS=hf_tokcomp:Qwen3VLForConditionalGeneration \
-		./run_with_subclass.sh $(TFH_FILES)
+	cd $(TFH_ROOT)/tfharness && SUBCLASS_DEFAULTS=1 ./run_with_subclass.sh $(TFH_FILES)
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) $(LMMS_VENV) $(VLLM_VENV) .pytest_cache .ruff_cache *.egg-info

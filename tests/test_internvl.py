@@ -153,3 +153,38 @@ def test_without_an_attention_mask_the_gapped_positions_are_not_packed_sequences
     with torch.no_grad():
         got = ours(**inputs, use_cache=False).logits
     torch.testing.assert_close(got[0], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_fastv_on_internvl_keeps_the_tokens_the_last_token_attends_most(stock, ours):
+    """FastV (the in-LLM baseline) on the 1-D RoPE LLM: at keep 1 the stock greedy output; at keep 0.25 each
+    image keeps the tokens the last prompt token attends most at layer K = 1 of the stock eager model."""
+    from hf_tokcomp.evaluation.fastv import fastv_generate
+
+    inputs = make_internvl_inputs([ONE, TWO], stock.config)
+    stock.generation_config.eos_token_id = None
+    with torch.no_grad():
+        expected = stock.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert torch.equal(fastv_generate(ours, inputs, token_keep=1.0, k=1, max_new_tokens=4).sequences, expected)
+    stock.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attention = stock(**inputs, output_attentions=True).attentions[0]  # (B, H, L, L), layer K - 1 = 0
+    finally:
+        stock.set_attn_implementation("sdpa")
+    out = fastv_generate(ours, inputs, token_keep=0.25, k=1, max_new_tokens=2)
+    ids = inputs["input_ids"]
+    for b in range(ids.shape[0]):
+        visual = (ids[b] == stock.config.image_token_id).nonzero().flatten().tolist()
+        scores = attention[b, :, -1].mean(0)
+        runs, current = [], [visual[0]]
+        for i in visual[1:]:
+            if i == current[-1] + 1:
+                current.append(i)
+            else:
+                runs.append(current)
+                current = [i]
+        runs.append(current)
+        for run in runs:
+            n_keep = max(1, round(0.25 * len(run)))
+            best = sorted(sorted(run, key=lambda i: -float(scores[i]))[:n_keep])
+            assert [i for i in run if out.keep[b, i]] == best
