@@ -66,9 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hf_tokcomp.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="use the shipped compressor (skip label and train)")
     parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    parser.add_argument("--train-samples", type=int, default=1500, help="samples to label (default: 1500)")
+    parser.add_argument("--train-samples", type=int, default=600, help="samples to label (default: 600)")
     parser.add_argument("--test-samples", type=int, default=1000, help="samples to evaluate (default: 1000)")
-    parser.add_argument("--epochs", type=int, default=60, help="compressor training epochs (default: 60)")
+    parser.add_argument(
+        "--epochs", type=int, default=20, help="compressor training epochs (default: 20; the shipped compressor: 60)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     out = Path(args.out)
