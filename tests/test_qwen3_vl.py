@@ -235,3 +235,31 @@ def test_a_text_config_without_an_end_of_sequence_id_reads_the_model_configs():
     assert not hasattr(Qwen3VLConfig().text_config, "eos_token_id")
     assert turn_layout(Qwen3VLConfig(eos_token_id=151645)).turn_end == (151645,)
     assert turn_layout(Qwen3VLConfig()).turn_end == ()
+
+
+def test_the_experts_implementation_is_the_stock_classs(stock, ours):
+    """transformers decides from the defining module's source whether a class may use grouped_mm experts (else
+    it silently falls back to the eager loop, or refuses an explicit request); ours (defined in hf_tokcomp) gets
+    the stock default, accepts every implementation the stock class accepts, and gives its logits."""
+    if not getattr(stock.config.text_config, "num_experts", 0):
+        pytest.skip("dense model: no experts")
+    config = stock.config
+    for cls in type(ours).__mro__:  # transformers caches the answer on the class asked first: start clean
+        if "_can_set_experts_implementation_cached_value" in vars(cls):
+            delattr(cls, "_can_set_experts_implementation_cached_value")
+    for requested in (None, "grouped_mm", "batched_mm", "eager"):
+        options = {} if requested is None else {"experts_implementation": requested}
+        model = type(ours)._from_config(config, **options)
+        reference = type(stock)._from_config(config, **options)
+        got = model.config.get_text_config()._experts_implementation
+        assert got == reference.config.get_text_config()._experts_implementation == (requested or "grouped_mm")
+    inputs = make_qwen_inputs([A], stock.config)
+    saved = stock.config.get_text_config()._experts_implementation
+    try:
+        for implementation in ("eager", "batched_mm"):
+            ours.set_experts_implementation(implementation)
+            stock.set_experts_implementation(implementation)
+            with torch.no_grad():
+                torch.testing.assert_close(ours(**inputs).logits, stock(**inputs).logits, rtol=1e-5, atol=1e-5)
+    finally:
+        stock.set_experts_implementation(saved)

@@ -79,6 +79,11 @@ class TokenCompressionMixin:
             sequence's source sample); None after any call that did not compress.
     """
 
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        """The stock class's answer (transformers reads it from the defining module's source: here ours)."""
+        return cls.__mro__[cls.__mro__.index(TokenCompressionMixin) + 1]._can_set_experts_implementation()
+
     #: keyword arguments whose presence means visual inputs (pixels)
     _tokcomp_pixel_keys: tuple[str, ...] = ()
     #: every keyword argument the compression consumes (pixels, grids, token types); dropped once merged
