@@ -58,7 +58,7 @@ demo: $(STAMP)  ## the whole pipeline on the shipped organism: label 600, train 
 	$(DEMO) --out demo_out
 
 demo-full: $(STAMP)  ## the same with the shipped compressor's recipe: label 1,500, train 60 epochs (~23 min)
-	$(DEMO) --train-samples 1500 --epochs 60 --out demo_out
+	$(DEMO) --train-samples 1500 --epochs 60 --out demo_out_full
 
 demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the baselines (~2.5 min)
 	$(DEMO) --quick --out demo_out
@@ -71,7 +71,7 @@ organism: $(STAMP)  ## train the organism from scratch (seeded, resumable; ~1.5 
 
 ship-compressor: demo-full  ## install the compressor trained by `make demo-full` as the shipped organism compressor
 	rm -rf hf_tokcomp/organism/compressor && mkdir -p hf_tokcomp/organism/compressor
-	cp demo_out/compressor/config.json demo_out/compressor/model.safetensors hf_tokcomp/organism/compressor/
+	cp demo_out_full/compressor/config.json demo_out_full/compressor/model.safetensors hf_tokcomp/organism/compressor/
 
 BENCH = HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed.py
 

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=60, help="default: 60")
     parser.add_argument("--work", default="runs/teachers", help="labels and compressors (default: runs/teachers)")
     parser.add_argument("--out", default="benchmarks/results/organism_teachers", help="results path stem")
+    parser.add_argument(
+        "--reuse", action="store_true", help="evaluate the compressors already trained in --work (no labelling)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     work = Path(args.work)
@@ -49,10 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     test = read_records(write_split("test", args.test_samples, work / "data"))
     rows = {}
     for teacher in TEACHERS:
-        label_dataset(model, processor, train, work / f"labels-{teacher}", max_new_tokens=4, teacher=teacher)
-        history = train_compressor(
-            work / f"labels-{teacher}", work / f"compressor-{teacher}", TrainArguments(epochs=args.epochs)
-        )["history"]
+        trained = work / f"compressor-{teacher}"
+        if args.reuse and (trained / "config.json").exists():
+            history = [None]  # trained by an earlier run with the same --work
+        else:
+            label_dataset(model, processor, train, work / f"labels-{teacher}", max_new_tokens=4, teacher=teacher)
+            history = train_compressor(work / f"labels-{teacher}", trained, TrainArguments(epochs=args.epochs))[
+                "history"
+            ]
         compressor = TokenCompressor.from_pretrained(work / f"compressor-{teacher}")
         settings = EvalSettings(keeps=KEEPS, methods=("ours",), max_new_tokens=2, flops=False)
         result = evaluate(model, processor, test, compressor, settings)
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for teacher, row in rows.items():
         for qtype in types:
-            cells = [(row["retention"][k][qtype], row["retention_ci95"][k].get(qtype)) for k in keeps]
+            cells = [(row["retention"][k][qtype], row["retention_ci95"].get(k, {}).get(qtype)) for k in keeps]
             text = " | ".join(_cell(value, ci) for value, ci in cells)
             lines.append(f"| {teacher} | {qtype} | {text} |")
     table = "\n".join(lines) + "\n"
