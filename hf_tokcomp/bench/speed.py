@@ -33,7 +33,6 @@ __all__ = [
     "run_benchmark",
     "cell_count",
     "fastv_keep_for_equal_tokens",
-    "has_linear_attention",
     "add_ratios",
     "markdown",
     "headline",
@@ -124,11 +123,6 @@ def _kv_bytes(cache) -> int:
     fixed size instead, which pruning does not change: not counted)."""
     tensors = [getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values")]
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-
-
-def has_linear_attention(config) -> bool:
-    """Whether the LLM has linear-attention layers (Qwen3.5), which the FastV loop does not run."""
-    return "linear_attention" in (getattr(config.get_text_config(), "layer_types", None) or [])
 
 
 def _flops(fn: Callable[[], Any]) -> int:
@@ -295,7 +289,9 @@ def _cell(spec: BenchSpec, method: str, keep: float, batch: int) -> dict[str, An
 
 
 def _no_fastv(spec: BenchSpec) -> bool:
-    return has_linear_attention(BENCH_MODELS[spec.config].build_config(spec.llm_layers, spec.vision_layers))
+    from ..evaluation.fastv import fastv_unsupported
+
+    return fastv_unsupported(BENCH_MODELS[spec.config].build_config(spec.llm_layers, spec.vision_layers))
 
 
 def cell_count(spec: BenchSpec) -> int:

@@ -18,7 +18,7 @@ from ..runtime.features import last_token_attention
 from ..runtime.mixin import MergedInputs
 from ..runtime.selection import select_top
 
-__all__ = ["fastv_generate", "fastv_prepare", "fastv_prefill", "FastVOutput", "FastVPrefill"]
+__all__ = ["fastv_generate", "fastv_prepare", "fastv_prefill", "fastv_unsupported", "FastVOutput", "FastVPrefill"]
 
 
 @dataclass
@@ -79,9 +79,14 @@ def _deepstack(batch: CompressedBatch) -> list[torch.Tensor]:
     return [batch.side[f"deepstack_{i}"] for i in range(len(batch.side))]
 
 
+def fastv_unsupported(config) -> bool:
+    """Whether FastV cannot run on a model of ``config``: its LLM has linear-attention (Gated DeltaNet) layers
+    (Qwen3.5), whose recurrent state this FastV loop does not run."""
+    return "linear_attention" in (getattr(config.get_text_config(), "layer_types", None) or [])
+
+
 def _check_family(model) -> None:
-    kinds = getattr(model.config.get_text_config(), "layer_types", None) or []
-    if "linear_attention" in kinds:
+    if fastv_unsupported(model.config):
         raise ValueError(
             f"FastV is not implemented for {type(model).__name__}: its linear-attention (Gated DeltaNet) layers "
             "keep a recurrent state that this FastV loop does not run. Compare with the input-stage selectors "

@@ -123,20 +123,20 @@ def tiny_qwen3_5_config(moe: bool = False, hidden_size: int = 64, num_layers: in
     )
 
 
-#: the Qwen families whose tiny configs :func:`tiny_config` builds (they share the inputs of ``make_qwen_inputs``)
-QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+#: the tiny config of each Qwen family (by ``model_type``); they share the inputs of ``make_qwen_inputs``
+_BUILDERS = {
+    "qwen2_vl": lambda: tiny_qwen_config("qwen2_vl"),
+    "qwen2_5_vl": lambda: tiny_qwen_config("qwen2_5_vl"),
+    "qwen3_vl": tiny_qwen3_vl_config,
+    "qwen3_vl_moe": lambda: tiny_qwen3_vl_config(moe=True),
+    "qwen3_5": tiny_qwen3_5_config,
+    "qwen3_5_moe": lambda: tiny_qwen3_5_config(moe=True),
+}
+QWEN_FAMILIES = tuple(_BUILDERS)
 
 
 def tiny_config(family: str):
     """The tiny config of any Qwen family in :data:`QWEN_FAMILIES` (its ``model_type``)."""
-    builders = {
-        "qwen2_vl": lambda: tiny_qwen_config("qwen2_vl"),
-        "qwen2_5_vl": lambda: tiny_qwen_config("qwen2_5_vl"),
-        "qwen3_vl": tiny_qwen3_vl_config,
-        "qwen3_vl_moe": lambda: tiny_qwen3_vl_config(moe=True),
-        "qwen3_5": tiny_qwen3_5_config,
-        "qwen3_5_moe": lambda: tiny_qwen3_5_config(moe=True),
-    }
-    if family not in builders:
-        raise ValueError(f"`family`={family!r} has no tiny Qwen config; choose one of {list(builders)}")
-    return builders[family]()
+    if family not in _BUILDERS:
+        raise ValueError(f"`family`={family!r} has no tiny Qwen config; choose one of {list(_BUILDERS)}")
+    return _BUILDERS[family]()
