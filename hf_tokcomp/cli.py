@@ -27,6 +27,7 @@ def _label(args: argparse.Namespace) -> None:
         model_name=args.model,
         teacher=args.teacher,
         features=args.features,
+        answer_end=args.answer_end,
         rank=rank,
         world_size=world_size,
         progress=rank == 0,
@@ -161,6 +162,7 @@ def _eval(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         fastv_k=args.fastv_k,
         seed=args.seed,
+        coverage=args.coverage,
     )
     records = _records(args)
     from .training.distributed import process_info
@@ -253,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
         "noncausal or hybrid (how a question BEFORE the image is read), '+heads' for one channel per attention "
         "head (default: v2:hybrid)",
     )
+    label.add_argument(
+        "--answer-end",
+        action="store_true",
+        help="the target also covers the end-of-sequence token that ends each answer (what the model needs to "
+        "stop; recorded in the manifest, and label directories of both kinds are never mixed)",
+    )
     _data_options(label)
     label.set_defaults(run=_label)
 
@@ -311,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fastv-k", type=int, default=None, help="FastV's K (default: 2, or 1 for 2-layer LLMs)")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default: 0)")
+    evaluate.add_argument(
+        "--coverage",
+        type=float,
+        default=0.0,
+        help="token_coverage of the score-based methods: the share of each budget spread evenly over the grid "
+        "before the scores choose the rest (default: 0)",
+    )
     _data_options(evaluate)
     evaluate.set_defaults(run=_eval)
 

@@ -594,3 +594,35 @@ def test_a_video_record_without_a_video_processor_says_what_is_missing(workspace
     frames = [Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)) for _ in range(4)]
     with pytest.raises(LabelError, match="no video processor.*torchvision"):
         build_batch(processor, [{"video": frames, "question": "what colour is the square ?"}])
+
+
+def test_answer_end_targets_cover_the_token_that_ends_the_answer(tmp_path):
+    """On the organism (whose answers end with its end-of-sequence token): with ``answer_end`` the stored target
+    is the GAE relevance of the answer followed by that token, computed here from the model's own generation;
+    the manifest records it, and label directories of both kinds are not mixed."""
+    from hf_tokcomp.organism import load_organism
+    from hf_tokcomp.organism.export import write_split
+    from hf_tokcomp.teachers.gae import visual_relevance
+    from hf_tokcomp.training.train import load_label_dirs
+
+    model, processor = load_organism()
+    records = read_records(write_split("test", 3, tmp_path / "data"))
+    ended = label_dataset(model, processor, records, tmp_path / "end", 64, 4, progress=False, answer_end=True)
+    label_dataset(model, processor, records, tmp_path / "plain", max_new_tokens=4, progress=False)
+    assert ended["answer_end"] is True and ended["labelled"] == 3
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    (_, end_shard), (_, plain_shard) = _shards(tmp_path / "end"), _shards(tmp_path / "plain")
+    offsets = [0, *torch.cumsum(end_shard[0]["lengths"], 0).tolist()]
+    for i, record in enumerate(records):
+        inputs = build_inputs(processor, record)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        new = out[0, inputs["input_ids"].shape[1] :].tolist()
+        assert eos in new
+        answer = new[: new.index(eos) + 1]  # the answer and the token that ends it
+        want = visual_relevance(model, inputs, [torch.tensor(answer)])[0]
+        torch.testing.assert_close(end_shard[0]["targets"][offsets[i] : offsets[i + 1]], want)
+    assert not torch.allclose(end_shard[0]["targets"], plain_shard[0]["targets"])
+    with pytest.raises(LabelError, match="answer_end"):
+        load_label_dirs([tmp_path / "end", tmp_path / "plain"])

@@ -234,3 +234,62 @@ def test_bad_selector_values_raise_listing_the_allowed_ones(stock_checkpoint, fa
     with pytest.raises(ValueError, match="needs a compressor"):
         ours.config.token_keep = 0.5
         ours(**make_qwen_inputs([A], ours.config))
+
+
+# ---- token_coverage ---------------------------------------------------------------------------------------------
+def naive_coverage(scores: list[float], grid: tuple[int, int, int], k: int, coverage: float) -> list[int]:
+    """The first round(coverage * k) tokens of the grid's coarse-to-fine order, then the best scores of the rest
+    (ties to the earlier token), in plain Python."""
+    first = naive_uniform(*grid, round(coverage * k))
+    rest = sorted((i for i in range(len(scores)) if i not in first), key=lambda i: (-scores[i], i))
+    return sorted(first + rest[: k - len(first)])
+
+
+@pytest.mark.parametrize("coverage", [0.25, 0.5, 0.9])
+def test_coverage_reserves_the_grid_order_then_takes_the_best_scores(coverage):
+    grids = [(1, 4, 4), (1, 3, 5), (2, 4, 6)]
+    lengths = [math.prod(g) for g in grids]
+    batch = random_batch(lengths, grids=grids)
+    batch.compressor, batch.coverage = _features_as_scores(), coverage
+    counts = [6, 7, 20]
+    got = kept_lists(SELECTORS["learned"]().select(batch, counts))
+    for s, (grid, n, k) in enumerate(zip(grids, lengths, counts, strict=True)):
+        assert got[s] == naive_coverage(batch.features[s, 0, :n].tolist(), grid, k, coverage), s
+    batch.coverage = 0.0  # without it: the plain top-k, which differs here
+    assert kept_lists(SELECTORS["learned"]().select(batch, counts)) != got
+
+
+def test_coverage_through_generate_equals_the_naive_rule_on_the_models_features(stock, ours):
+    """Two samples, three images, keep 0.25 with half of each budget spread over the grid: every image keeps the
+    naive rule's tokens on the layer-0 features (checked against the stock model in test_features)."""
+    ours.config.token_keep, ours.config.selector, ours.config.token_coverage = 0.25, "attention", 0.5
+    ours.generation_config.eos_token_id = None
+    inputs = make_qwen_inputs([A, B], stock.config)
+    with torch.no_grad():
+        ours.generate(**inputs, max_new_tokens=2, do_sample=False)
+        records = ours.last_compression
+        features = ours.compressor_features(**inputs)
+    grids = [tuple(g) for g in inputs["image_grid_thw"].tolist()]
+    segment = 0
+    for b, record in enumerate(records):
+        offset = 0
+        for kept, (_, f) in zip(record.kept, features[b], strict=True):
+            t, h, w = grids[segment]
+            n = f.shape[-1]
+            expected = naive_coverage(f.mean(dim=0).tolist(), (t, h // 2, w // 2), max(1, round(0.25 * n)), 0.5)
+            assert (kept - offset).tolist() == expected, (b, segment)
+            offset, segment = offset + n, segment + 1
+
+
+def test_coverage_is_refused_where_it_cannot_apply(stock, ours, stock_checkpoint, family):
+    from .conftest import FAMILIES
+
+    ours.config.token_keep, ours.config.selector, ours.config.token_coverage = 0.25, "divprune", 0.5
+    inputs = make_qwen_inputs([A], stock.config)
+    with pytest.raises(ValueError, match=r"`token_coverage` \(0.5\) applies to score selectors.*'divprune'"):
+        ours(**inputs)
+    for bad in (1.0, -0.1, True, "half"):
+        with pytest.raises(Exception, match="`token_coverage` must be a number in \\[0, 1\\)"):
+            ours.config.token_coverage = bad
+    loaded = FAMILIES[family][1].from_pretrained(stock_checkpoint[1], token_keep=0.5, token_coverage=0.25)
+    assert loaded.config.token_coverage == 0.25

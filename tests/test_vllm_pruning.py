@@ -97,6 +97,14 @@ def test_settings_refuse_what_the_plugin_cannot_do(keep, selector, match):
         PruneSettings(keep, selector)
 
 
+def test_settings_refuse_token_coverage_instead_of_ignoring_it():
+    from types import SimpleNamespace
+
+    assert PruneSettings.from_config(SimpleNamespace(token_keep=0.5, selector="uniform", token_coverage=0.0))
+    with pytest.raises(ValueError, match=r"`token_coverage` \(0.5\) is not supported by the vLLM plugin"):
+        PruneSettings.from_config(SimpleNamespace(token_keep=0.5, selector="uniform", token_coverage=0.5))
+
+
 def test_positions_in_bfloat16_refuse_grids_they_cannot_hold():
     with pytest.raises(ValueError, match="float32"):
         with_positions(torch.zeros(300, 4, dtype=torch.bfloat16), torch.arange(3), (1, 1, 300))

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..runtime.config import check_token_coverage
 from ..runtime.selection import keep_count
 from ..teachers.gae import cut_at_eos, visual_relevance
 from ..teachers.occlusion import occlusion_relevance
@@ -61,12 +62,17 @@ METHODS = (
 DEFAULT_METHODS = tuple(m for m in METHODS if m != "downsample")
 #: methods that are runtime selectors (``model.config.selector``); the others set ``model.compressor``
 SELECTOR_METHODS = ("uniform", "divprune", "dart", "cdpruner")
+#: methods that score tokens (so ``coverage`` shares their budget); the others choose their sets themselves, and
+#: the evidence oracle stays the reference it is (evidence first)
+COVERAGE_METHODS = ("ours", "attention", "uniform", "random", "teacher", "occlusion")
 
 
 @dataclass
 class EvalSettings:
     """What :func:`evaluate` measures: ``methods`` (see :data:`METHODS`) at each of ``keeps``; ``fastv_k``
-    None = 2 (the paper's K), or 1 for a 2-layer LLM; ``flops``: also count prefill FLOPs per method and keep."""
+    None = 2 (the paper's K), or 1 for a 2-layer LLM; ``flops``: also count prefill FLOPs per method and keep;
+    ``coverage``: ``config.token_coverage`` for the methods of :data:`COVERAGE_METHODS` (the others run without,
+    and the result lists which methods it applied to)."""
 
     keeps: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.1)
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -75,8 +81,10 @@ class EvalSettings:
     fastv_k: int | None = None  # None: 2 (the paper's K), or 1 for a 2-layer LLM
     seed: int = 0
     flops: bool = True
+    coverage: float = 0.0
 
     def __post_init__(self) -> None:
+        check_token_coverage(self.coverage)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(
@@ -272,7 +280,7 @@ def evaluate(
     model.eval()
     tokenizer = getattr(processor, "tokenizer", processor)
     keeps = sorted({float(k) for k in settings.keeps} - {1.0}, reverse=True)
-    saved = (model.compressor, model.config.token_keep, model.config.selector)
+    saved = (model.compressor, model.config.token_keep, model.config.selector, model.config.token_coverage)
     modules: dict[str, torch.nn.Module | None] = {
         "ours": compressor,
         "attention": None,
@@ -297,7 +305,7 @@ def evaluate(
     try:
         for start, batch in zip(starts, batches, strict=True):  # every method on one batch, then the next
             model.compressor, model.config.selector = saved[0], saved[2]
-            model.config.token_keep = 1.0
+            model.config.token_keep, model.config.token_coverage = 1.0, 0.0
             batch.inputs = build_batch(processor, batch.records)
             with memo.on():
                 batch.segment_sizes = segment_sizes(model, batch.inputs)
@@ -315,6 +323,7 @@ def evaluate(
             for method in methods:
                 model.compressor = modules.get(method)
                 model.config.selector = method if method in SELECTOR_METHODS else "auto"
+                model.config.token_coverage = settings.coverage if method in COVERAGE_METHODS else 0.0
                 for keep in keeps:
                     model.config.token_keep = 1.0 if method in ("fastv", "downsample") else keep
                     if isinstance(model.compressor, RandomScores):  # the same draws whatever the process count
@@ -347,6 +356,7 @@ def evaluate(
             for method in methods:
                 model.compressor = modules.get(method)
                 model.config.selector = method if method in SELECTOR_METHODS else "auto"
+                model.config.token_coverage = settings.coverage if method in COVERAGE_METHODS else 0.0
                 if isinstance(model.compressor, PresetScores):
                     model.compressor = UniformScores()  # same cost as preset scores
                 if method == "downsample":  # the smaller image, uncompressed
@@ -359,7 +369,7 @@ def evaluate(
     finally:
         bar.close()
         memo.remove()
-        model.compressor, model.config.token_keep, model.config.selector = saved
+        model.compressor, model.config.token_keep, model.config.selector, model.config.token_coverage = saved
 
     mine = [start + j for start, batch in zip(starts, batches, strict=True) for j in range(len(batch.records))]
     sizes = [sizes for batch in batches for sizes in batch.segment_sizes]
@@ -433,5 +443,6 @@ def evaluate(
         ),
         "flops": flops,
         "settings": asdict(settings),
+        "coverage_applied_to": [m for m in methods if m in COVERAGE_METHODS] if settings.coverage else [],
         "samples": samples,
     }

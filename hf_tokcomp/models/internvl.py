@@ -20,7 +20,7 @@ from transformers import InternVLForConditionalGeneration as _StockInternVL
 from transformers.generation import GenerationMixin
 
 from ..hub.mixin import CompressorHubMixin
-from ..runtime.config import QWEN_ANSWER_START, answer_start_field, selector_field, token_keep_field
+from ..runtime.config import QWEN_ANSWER_START, answer_start_field, coverage_field, selector_field, token_keep_field
 from ..runtime.mixin import MergedInputs, TokenCompressionMixin, compressed_forward
 from ..runtime.registry import register_family
 from ..runtime.segments import split_segments
@@ -33,6 +33,8 @@ class InternVLCompressionConfig(InternVLConfig):
     """The stock InternVL config plus the compression fields (``token_keep``, ``answer_start_ids``, ``selector``)."""
 
     token_keep: float | int = token_keep_field()
+
+    token_coverage: float | int = coverage_field()
     answer_start_ids: list[int] | None = answer_start_field(QWEN_ANSWER_START)
     selector: str = selector_field()
 

@@ -8,7 +8,7 @@ from transformers import Qwen2VLForConditionalGeneration as _StockQwen2VL
 from transformers.generation import GenerationMixin
 
 from ..hub.mixin import CompressorHubMixin
-from ..runtime.config import QWEN_ANSWER_START, answer_start_field, selector_field, token_keep_field
+from ..runtime.config import QWEN_ANSWER_START, answer_start_field, coverage_field, selector_field, token_keep_field
 from ..runtime.mixin import compressed_forward
 from ..runtime.registry import register_family
 from .qwen_vl import QwenVLCompressionMixin
@@ -21,6 +21,8 @@ class Qwen2VLCompressionConfig(Qwen2VLConfig):
     """The stock Qwen2-VL config plus ``token_keep`` (fraction of visual tokens kept, in (0, 1])."""
 
     token_keep: float | int = token_keep_field()
+
+    token_coverage: float | int = coverage_field()
     answer_start_ids: list[int] | None = answer_start_field(QWEN_ANSWER_START)
     selector: str = selector_field()
 

@@ -21,7 +21,7 @@ from transformers import Qwen3_5MoeForConditionalGeneration as _StockQwen3_5Moe
 from transformers.generation import GenerationMixin
 
 from ..hub.mixin import CompressorHubMixin
-from ..runtime.config import answer_start_field, selector_field, token_keep_field
+from ..runtime.config import answer_start_field, coverage_field, selector_field, token_keep_field
 from ..runtime.mixin import compressed_forward
 from ..runtime.registry import register_family
 from .qwen3_vl import Qwen3VLCompressionMixin
@@ -39,6 +39,8 @@ class Qwen3_5CompressionConfig(Qwen3_5Config):
     """The stock Qwen3.5 config plus the compression fields (``token_keep``, ``answer_start_ids``, ``selector``)."""
 
     token_keep: float | int = token_keep_field()
+
+    token_coverage: float | int = coverage_field()
     answer_start_ids: list[int] | None = answer_start_field()  # a new vocabulary: set from its tokenizer
     selector: str = selector_field()
 
@@ -48,6 +50,8 @@ class Qwen3_5MoeCompressionConfig(Qwen3_5MoeConfig):
     """The stock Qwen3.5-MoE config plus the compression fields."""
 
     token_keep: float | int = token_keep_field()
+
+    token_coverage: float | int = coverage_field()
     answer_start_ids: list[int] | None = answer_start_field()  # a new vocabulary: set from its tokenizer
     selector: str = selector_field()
 

@@ -29,7 +29,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDe
 
 from ..hub.mixin import CompressorHubMixin
 from ..runtime.compression import CompressedBatch
-from ..runtime.config import QWEN_ANSWER_START, answer_start_field, selector_field, token_keep_field
+from ..runtime.config import QWEN_ANSWER_START, answer_start_field, coverage_field, selector_field, token_keep_field
 from ..runtime.mixin import MergedInputs, compressed_forward
 from ..runtime.registry import register_family
 from ..runtime.segments import split_segments
@@ -48,6 +48,8 @@ class Qwen3VLCompressionConfig(Qwen3VLConfig):
     """The stock Qwen3-VL config plus the compression fields (``token_keep``, ``answer_start_ids``, ``selector``)."""
 
     token_keep: float | int = token_keep_field()
+
+    token_coverage: float | int = coverage_field()
     answer_start_ids: list[int] | None = answer_start_field(QWEN_ANSWER_START)
     selector: str = selector_field()
 
@@ -57,6 +59,8 @@ class Qwen3VLMoeCompressionConfig(Qwen3VLMoeConfig):
     """The stock Qwen3-VL-MoE config plus the compression fields."""
 
     token_keep: float | int = token_keep_field()
+
+    token_coverage: float | int = coverage_field()
     answer_start_ids: list[int] | None = answer_start_field(QWEN_ANSWER_START)
     selector: str = selector_field()
 

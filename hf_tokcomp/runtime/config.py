@@ -15,6 +15,8 @@ __all__ = [
     "as_config_class",
     "check_answer_start_ids",
     "check_token_keep",
+    "check_token_coverage",
+    "coverage_field",
     "selector_field",
     "token_keep_field",
 ]
@@ -34,8 +36,22 @@ def token_keep_field(default: float = 1.0):
     return validated_field(validator=check_token_keep, default=default)
 
 
+def check_token_coverage(value: object) -> None:
+    """Raise a ValueError unless ``value`` is a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(
+            f"`token_coverage` must be a number in [0, 1) (the share of each segment's budget spent on tokens "
+            f"spread evenly over its grid before the scores choose the rest; 0 = the scores alone), got {value!r}"
+        )
+
+
+def coverage_field(default: float = 0.0):
+    """The ``token_coverage`` field (see :mod:`hf_tokcomp.runtime.selectors.base`), validated like ``token_keep``."""
+    return validated_field(validator=check_token_coverage, default=default)
+
+
 #: the config fields every compression config adds to its stock config
-COMPRESSION_FIELDS = ("token_keep", "answer_start_ids", "selector")
+COMPRESSION_FIELDS = ("token_keep", "token_coverage", "answer_start_ids", "selector")
 
 #: ``<|im_start|>assistant\n`` in the Qwen2 tokenizer (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision's Qwen2 LLM)
 QWEN_ANSWER_START = (151644, 77091, 198)

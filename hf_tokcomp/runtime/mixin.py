@@ -328,7 +328,8 @@ class TokenCompressionMixin:
         features, rows = self._tokcomp_features(merged, block, input_ids, attention_mask, position_ids, labels, spec)
         counts = [keep_count(self.config.token_keep, n) for n in block.lengths]
         selector = self._tokcomp_selector(name)
-        inputs = segment_batch(block, merged.inputs_embeds, merged.grids, features, rows, selector.reads_embeddings)
+        coverage = self.config.token_coverage
+        inputs = segment_batch(block, merged.inputs_embeds, merged.grids, features, rows, selector, coverage)
         inputs.layer0, inputs.compressor = self._tokcomp_decoder_layer0(), self.compressor
         with eval_mode(self.compressor), eval_mode(inputs.layer0), torch.autocast(features.device.type, enabled=False):
             chosen = selector.select(inputs, counts)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .selection import SampleSelection
-from .selectors import SegmentBatch
+from .selectors import ScoreSelector, SegmentBatch, Selector
 
 __all__ = ["SegmentBlock", "LazySelections", "pack_segments", "segment_batch"]
 
@@ -55,7 +55,8 @@ def segment_batch(
     grids: dict[tuple[int, int], tuple[int, int, int]],
     features: torch.Tensor,
     rows: torch.Tensor,
-    with_embeddings: bool,
+    selector: Selector,
+    coverage: float = 0.0,
 ) -> SegmentBatch:
     """What a selector reads, for every segment at once (see :class:`SegmentBatch`; ``layer0`` and ``compressor``
     are left for the caller). The embeddings and the instruction are gathered only ``with_embeddings`` (for the
@@ -67,13 +68,23 @@ def segment_batch(
         grids: ``(sample, start) -> (t, h, w)`` where the family knows a segment's grid.
         features: ``(S, C, N)`` layer-0 features of the segments' tokens.
         rows: ``(S, L)`` bool, the instruction rows of each segment.
-        with_embeddings: gather ``embeds`` / ``query`` / ``query_mask`` (else they are None).
+        selector: the selector that will read the batch: ``embeds`` / ``query`` / ``query_mask`` are gathered
+            only where it reads them (else they are None).
+        coverage: ``config.token_coverage``; only score selectors have a budget to share, others refuse it.
     """
+    if coverage and not isinstance(selector, ScoreSelector):
+        raise ValueError(
+            f"`token_coverage` ({coverage!r}) applies to score selectors (learned, attention, uniform, random); "
+            f"selector {selector.name!r} chooses its set itself. Set `model.config.token_coverage = 0.0` or choose "
+            "a score selector."
+        )
+    with_embeddings = selector.reads_embeddings
     batch = SegmentBatch(
         features=features,
         mask=block.mask,
         lengths=block.lengths,
         grids=[grids.get(place, (1, 1, n)) for place, n in zip(block.places, block.lengths, strict=True)],
+        coverage=float(coverage),
     )
     if with_embeddings:
         n_rows = rows.sum(dim=1)

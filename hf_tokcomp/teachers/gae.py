@@ -153,28 +153,33 @@ def append_answers(inputs: dict[str, Any], answers: list[torch.Tensor], pad_toke
     return out
 
 
-def cut_at_eos(model: nn.Module, sequences: torch.Tensor, prompt_length: int) -> list[torch.Tensor]:
+def cut_at_eos(
+    model: nn.Module, sequences: torch.Tensor, prompt_length: int, keep_eos: bool = False
+) -> list[torch.Tensor]:
     """Per row of ``sequences`` ``(B, prompt_length + T)``, the new tokens up to the first end-of-sequence
-    token of the model's generation config (excluded)."""
+    token of the model's generation config: excluded, or included with ``keep_eos`` (where there is one)."""
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     answers = []
     for row in sequences[:, prompt_length:]:
         tokens = row.tolist()
-        answers.append(row[: next((i for i, t in enumerate(tokens) if t in eos), len(tokens))])
+        end = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
+        answers.append(row[: end + 1 if keep_eos else end])
     return answers
 
 
-def greedy_answers(model: nn.Module, inputs: dict[str, Any], max_new_tokens: int) -> list[torch.Tensor]:
+def greedy_answers(
+    model: nn.Module, inputs: dict[str, Any], max_new_tokens: int, keep_eos: bool = False
+) -> list[torch.Tensor]:
     """The model's own greedy answers, UNCOMPRESSED (whatever ``token_keep`` is), cut at the first
-    end-of-sequence token (excluded)."""
+    end-of-sequence token (excluded; included with ``keep_eos``, where the answer ended within the limit)."""
     saved, model.config.token_keep = model.config.token_keep, 1.0
     try:
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     finally:
         model.config.token_keep = saved
-    return cut_at_eos(model, out, inputs["input_ids"].shape[1])
+    return cut_at_eos(model, out, inputs["input_ids"].shape[1], keep_eos)
 
 
 def visual_relevance(

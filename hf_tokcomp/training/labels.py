@@ -256,6 +256,7 @@ def label_dataset(
     rank: int = 0,
     world_size: int = 1,
     features: FeatureSpec | str | None = None,
+    answer_end: bool = False,
 ) -> dict[str, Any]:
     """Label ``records`` into ``out`` (resuming if ``out`` holds a manifest for the same model and data).
 
@@ -268,7 +269,9 @@ def label_dataset(
     and counted; the features are the runtime's :meth:`compressor_features` of the definition ``features``
     (recorded in the manifest, so that a compressor trained on them computes the same ones); the target is
     :func:`~hf_tokcomp.teachers.gae.visual_relevance` (``teacher="gae"``, the paper's) or
-    :func:`~hf_tokcomp.occlusion.occlusion_relevance` (``teacher="occlusion"``) for the model's own answer tokens.
+    :func:`~hf_tokcomp.occlusion.occlusion_relevance` (``teacher="occlusion"``) for the model's own answer tokens,
+    and with ``answer_end`` also for the end-of-sequence token that ends it (what the model needs to STOP: a
+    selection that loses it makes the model run on after a right answer; recorded in the manifest).
 
     Returns:
         The manifest (counts of labelled and skipped samples, shards).
@@ -295,6 +298,7 @@ def label_dataset(
         "feature_channels": spec.channels(model.config.get_text_config().num_attention_heads),
         "data_fingerprint": _fingerprint(records),
         "teacher": teacher,
+        "answer_end": answer_end,
         "num_records": len(records),
         "shard_size": shard_size,
     }
@@ -310,6 +314,7 @@ def label_dataset(
         if "shard_size" not in saved:  # written before shard_size was recorded: read it off the shards
             sizes = {s["end_sample"] - s["first_sample"] for s in saved["shards"] if s["end_sample"] < len(records)}
             saved["shard_size"] = sizes.pop() if len(sizes) == 1 else (shard_size if not sizes else None)
+        saved.setdefault("answer_end", False)  # written before the end token could be a target
         clash = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
         if clash:
             raise LabelError(
@@ -367,7 +372,9 @@ def label_dataset(
         if not segments:
             counts["skipped_no_visual"] += 1
         else:
-            answer = greedy_answers(model, inputs, max_new_tokens)[0]
+            full = greedy_answers(model, inputs, max_new_tokens, keep_eos=answer_end)[0]
+            ended = answer_end and full.numel() > 0 and int(full[-1]) in _eos_ids(model)
+            answer = full[:-1] if ended else full
             reference = record.get("answer")
             if answer.numel() == 0:
                 counts["skipped_empty_answer"] += 1
@@ -376,10 +383,11 @@ def label_dataset(
             ) != normalise_answer(str(reference)):
                 counts["skipped_wrong"] += 1
             else:
+                target = full if answer_end else answer
                 if teacher == "gae":
-                    relevance = visual_relevance(model, inputs, [answer])[0]
+                    relevance = visual_relevance(model, inputs, [target])[0]
                 else:
-                    relevance = occlusion_relevance(model, inputs, answer)
+                    relevance = occlusion_relevance(model, inputs, target)
                 if relevance.numel() != sum(f.shape[-1] for _, f in segments):
                     raise RuntimeError(
                         f"sample {index}: {relevance.numel()} relevance values for "
@@ -396,6 +404,11 @@ def label_dataset(
             wrong=manifest["skipped_wrong"] + counts["skipped_wrong"],
         )
     return manifest
+
+
+def _eos_ids(model) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
 
 def load_label_dir(path: str | os.PathLike) -> tuple[dict[str, Any], list[LabelSegment]]:

@@ -124,11 +124,11 @@ def load_label_dirs(paths: list[str | os.PathLike]) -> tuple[dict[str, Any], lis
     for path in paths:
         m, s = load_label_dir(path)
         if manifest is not None:
-            for key in ("model_type", "hidden_size", "features", "feature_channels"):
-                if m.get(key) != manifest.get(key):
+            for key in ("model_type", "hidden_size", "features", "feature_channels", "answer_end"):
+                if m.get(key, False) != manifest.get(key, False):
                     raise LabelError(
-                        f"--labels {str(path)!r} was made for {key}={m.get(key)!r}, the first for "
-                        f"{manifest.get(key)!r}; train one compressor per model"
+                        f"--labels {str(path)!r} was made for {key}={m.get(key, False)!r}, the first for "
+                        f"{manifest.get(key, False)!r}; train one compressor per model and label definition"
                     )
         manifest = manifest or m
         segments += s

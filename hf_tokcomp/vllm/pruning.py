@@ -66,6 +66,12 @@ class PruneSettings:
         ``selector='auto'`` - an hf_tokcomp checkpoint's default - is refused by name like any other)."""
         keep = getattr(config, "token_keep", None)
         selector = getattr(config, "selector", None)
+        coverage = getattr(config, "token_coverage", None)
+        if coverage:
+            raise ValueError(
+                f"`token_coverage` ({coverage!r}) is not supported by the vLLM plugin yet (its text-free selectors "
+                "choose their own sets); drop it from `hf_overrides` / the saved config."
+            )
         return cls(1.0 if keep is None else keep, "uniform" if selector is None else selector)
 
     def count(self, n: int) -> int:

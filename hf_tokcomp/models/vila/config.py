@@ -13,7 +13,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ...runtime.config import answer_start_field, selector_field, token_keep_field
+from ...runtime.config import answer_start_field, coverage_field, selector_field, token_keep_field
 
 __all__ = ["VilaConfig", "IMAGE_TOKEN_ID", "VIDEO_TOKEN_ID", "TOKEN_ORDERS"]
 
@@ -56,6 +56,7 @@ class VilaConfig(PreTrainedConfig):
         token_order: order of the merged tokens, see :data:`TOKEN_ORDERS`.
         chat_template: conversation template name (see ``hf_tokcomp.models.vila.templates``), or None.
         token_keep: fraction of each image's (each video frame's) visual tokens kept, in (0, 1].
+        token_coverage: share of each segment's budget spread evenly over its grid first, in [0, 1).
         answer_start_ids: the ids that open the assistant's answer (template-dependent; None: labels decide).
         selector: the selection method (see ``hf_tokcomp.runtime.selectors``); "auto" by default.
     """
@@ -83,6 +84,7 @@ class VilaConfig(PreTrainedConfig):
     chat_template: str | None = None
     tie_word_embeddings: bool = False
     token_keep: float | int = token_keep_field()
+    token_coverage: float | int = coverage_field()
     answer_start_ids: list[int] | None = answer_start_field()
     selector: str = selector_field()
 

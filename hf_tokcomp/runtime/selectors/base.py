@@ -4,7 +4,11 @@ A selector sees every segment of a batch at once, packed in a :class:`SegmentBat
 the longest, ``N`` tokens). Two kinds, as kvpress has presses:
 
 - :class:`ScoreSelector`: implements only :meth:`ScoreSelector.score` (``(S, N)`` scores); the base owns the
-  budget and a batched top-k (ties to the earlier token).
+  budget and a batched top-k (ties to the earlier token). With ``coverage`` > 0 (``config.token_coverage``) the
+  first ``round(coverage * k)`` of a segment's ``k`` tokens are the grid's coarse-to-fine order (the ``uniform``
+  selector's), and the scores choose the rest: a score that puts every token on the objects can leave the
+  model no context (benchmarks/results/compressor_inputs.md: on the organism, most errors at keep 0.11 are
+  right answers the model does not end).
 - :class:`Selector`: set methods (greedy diversity, DPP) override :meth:`Selector.select` itself.
 """
 
@@ -15,7 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["SegmentBatch", "Selection", "Selector", "ScoreSelector", "pack_kept"]
+from .grid import grid_order_rank
+
+__all__ = ["SegmentBatch", "Selection", "Selector", "ScoreSelector", "pack_kept", "coverage_mask"]
 
 
 @dataclass
@@ -35,6 +41,8 @@ class SegmentBatch:
         query_mask: ``(S, R)`` bool, True on real rows.
         layer0: the LLM's decoder layer 0 (for methods that read its keys), or None.
         compressor: the model's scoring module, or None.
+        coverage: share of each segment's budget given to the grid's coarse-to-fine order first (score
+            selectors; ``config.token_coverage``).
     """
 
     features: torch.Tensor
@@ -46,6 +54,7 @@ class SegmentBatch:
     query_mask: torch.Tensor | None = None
     layer0: nn.Module | None = None
     compressor: nn.Module | None = None
+    coverage: float = 0.0
 
 
 @dataclass
@@ -69,6 +78,15 @@ def pack_kept(rows: list[list[int]], row_scores: list[list[float]], width: int, 
         kept[s, : len(indices)] = torch.tensor([indices[i] for i in order], dtype=torch.long)
         scores[s, : len(indices)] = torch.tensor([values[i] for i in order], dtype=torch.float32)
     return Selection(kept.to(device), (kept < width).to(device), scores.to(device))
+
+
+def coverage_mask(batch: SegmentBatch, counts: list[int]) -> torch.Tensor:
+    """``(S, N)`` bool on the host: per segment the first ``round(batch.coverage * counts[s])`` tokens of its
+    grid's coarse-to-fine order (:func:`~hf_tokcomp.runtime.selectors.uniform.grid_order_rank`)."""
+    mask = torch.zeros(batch.mask.shape, dtype=torch.bool)
+    for s, (grid, n, k) in enumerate(zip(batch.grids, batch.lengths, counts, strict=True)):
+        mask[s, :n] = grid_order_rank(*grid) < round(batch.coverage * k)
+    return mask
 
 
 class Selector:
@@ -112,7 +130,10 @@ class ScoreSelector(Selector):
         scores = scores.masked_fill(~batch.mask, float("-inf"))
         width = scores.shape[1]
         most = max(counts, default=1)
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :most]
+        priority = scores
+        if batch.coverage > 0:
+            priority = torch.where(coverage_mask(batch, counts).to(scores.device), float("inf"), scores)
+        order = torch.sort(priority, dim=1, descending=True, stable=True).indices[:, :most]
         valid = torch.arange(most, device=scores.device)[None, :] < torch.tensor(counts, device=scores.device)[:, None]
         kept = torch.sort(order.masked_fill(~valid, width), dim=1).values
         kept_scores = scores.gather(1, kept.clamp_max(width - 1)).masked_fill(~valid, 0.0)
