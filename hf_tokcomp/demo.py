@@ -25,7 +25,7 @@ from .runtime.compressor import TokenCompressor
 from .training.labels import build_inputs, label_dataset, read_records
 from .training.train import TrainArguments, train_compressor
 
-__all__ = ["KEEPS", "METHODS", "main", "kept_tokens_figure"]
+__all__ = ["KEEPS", "METHODS", "FEATURES", "COVERAGE", "main", "kept_tokens_figure"]
 
 #: what the demo compares (the other selectors, FastV, the teachers and the downsampled image:
 #: ``benchmarks/organism_comparison.sh``)
@@ -33,18 +33,23 @@ METHODS = ("ours", "attention", "uniform", "random", "oracle")
 #: keep ratios of the demo: 0.33 / 0.22 / 0.11 are where the literature reports (192 / 128 / 64 of LLaVA's 576
 #: tokens)
 KEEPS = (1.0, 0.75, 0.5, 0.33, 0.25, 0.22, 0.11)
+#: the compressor's input: one channel per layer-0 head (benchmarks/results/compressor_inputs.md: better than the
+#: head mean in both prompt orders on the organism)
+FEATURES = "v2:hybrid+gen+heads"
+#: ``token_coverage`` of the evaluation (same source: the share of the budget spread over the grid first)
+COVERAGE = 0.5
 
 
-def kept_tokens_figure(model, processor, record: dict, compressor, keep: float) -> Image.Image:
+def kept_tokens_figure(model, processor, record: dict, compressor, keep: float, coverage: float = 0.0) -> Image.Image:
     """The record's image three times: the tokens kept by the compressor, by the training-free layer-0
-    attention, and the ground-truth evidence."""
+    attention (both with ``token_coverage = coverage``), and the ground-truth evidence."""
     image = Image.open(record["image"]).convert("RGB")
     grid = (image.height // 28, image.width // 28)  # the organism's visual tokens: one per 28 px cell
     inputs = build_inputs(processor, record)
-    saved = (model.compressor, model.config.token_keep)
+    saved = (model.compressor, model.config.token_keep, model.config.token_coverage)
     panels = []
     try:
-        model.config.token_keep = keep
+        model.config.token_keep, model.config.token_coverage = keep, coverage
         for name, module in (("learned compressor", compressor), ("layer-0 attention", None)):
             model.compressor = module
             with torch.no_grad():
@@ -53,7 +58,7 @@ def kept_tokens_figure(model, processor, record: dict, compressor, keep: float) 
             kept = model.last_compression[0].kept[0].tolist()
             panels.append((f"{name} @{keep:g}: {answer.strip()}", overlay_kept(image, kept, grid)))
     finally:
-        model.compressor, model.config.token_keep = saved
+        model.compressor, model.config.token_keep, model.config.token_coverage = saved
     panels.append((f"evidence: {record['answer']}", overlay_kept(image, record["evidence"], grid)))
     figure = side_by_side(panels)
     canvas = Image.new("RGB", (figure.width, figure.height + 18), (255, 255, 255))
@@ -70,6 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-samples", type=int, default=1000, help="samples to evaluate (default: 1000)")
     parser.add_argument(
         "--epochs", type=int, default=20, help="compressor training epochs (default: 20; the shipped compressor: 60)"
+    )
+    parser.add_argument(
+        "--coverage",
+        type=float,
+        default=COVERAGE,
+        help=f"token_coverage of the score-based methods (default: {COVERAGE}; 0 = the paper's top-k)",
     )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -88,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         train = write_split("train", args.train_samples, out / "data")
         step(f"wrote {train} and {test}")
-        manifest = label_dataset(model, processor, read_records(train), out / "labels", max_new_tokens=4)
+        manifest = label_dataset(
+            model, processor, read_records(train), out / "labels", max_new_tokens=4, features=FEATURES
+        )
         counts = {k: manifest[k] for k in ("labelled", "skipped_wrong")}
         step(f"labelled the train split: {counts} (wrong answers are not used as targets)")
         compressor_dir = out / "compressor"
@@ -96,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         step(f"trained the compressor: {json.dumps(history[-1])}")
     compressor = TokenCompressor.from_pretrained(compressor_dir).eval()
     records = read_records(test)
-    settings = EvalSettings(keeps=KEEPS, max_new_tokens=2, methods=METHODS, batch_size=64)
+    settings = EvalSettings(keeps=KEEPS, max_new_tokens=2, methods=METHODS, batch_size=64, coverage=args.coverage)
     result = evaluate(model, processor, records, compressor, settings)
     samples = result.pop("samples")
     (out / "samples.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in samples))
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_plot(result, out / "eval.png")
     step("evaluated every method on the test split:\n\n" + table)
     example = next(r for r in records if r["qtype"] == "left_of" and not r.get("question_first"))
-    kept_tokens_figure(model, processor, example, compressor, 0.25).save(out / "kept_tokens.png")
+    kept_tokens_figure(model, processor, example, compressor, 0.25, args.coverage).save(out / "kept_tokens.png")
     step(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'} and {out / 'kept_tokens.png'}")
 
 

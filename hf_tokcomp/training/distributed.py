@@ -55,10 +55,10 @@ def merge_ranks(out: str | os.PathLike, world_size: int) -> dict[str, Any]:
         path = out / rank_manifest_name(rank, world_size)
         if not path.is_file():
             raise LabelError(f"{path} is missing: process {rank} of {world_size} did not finish; rerun to resume it")
-        parts.append(json.loads(path.read_text()))
+        parts.append({"answer_end": False, **json.loads(path.read_text())})  # older manifests lack it
     keys = ("format", "model_type", "model_name_or_path", "hidden_size", "features", "feature_channels")
     keys += ("data_fingerprint",)
-    keys += ("teacher", "num_records", "shard_size")  # the order of a one-process manifest
+    keys += ("teacher", "answer_end", "num_records", "shard_size")  # the order of a one-process manifest
     first = parts[0]
     for rank, part in enumerate(parts):
         clash = {k: (first.get(k), part.get(k)) for k in keys if part.get(k) != first.get(k)}
