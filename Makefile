@@ -57,7 +57,7 @@ DEMO = OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELI
 demo: $(STAMP)  ## the whole pipeline on the shipped organism: label 600, train 20 epochs, evaluate 1,000 x 7 keeps (<10 min)
 	$(DEMO) --out demo_out
 
-demo-full: $(STAMP)  ## the same with the shipped compressor's recipe: label 1,500, train 60 epochs (~23 min)
+demo-full: $(STAMP)  ## the same with the shipped compressor's recipe: label 1,500, train 60 epochs (~6 min)
 	$(DEMO) --train-samples 1500 --epochs 60 --out demo_out_full
 
 demo-quick: $(STAMP)  ## evaluate the shipped organism compressor against the baselines (~2.5 min)
