@@ -88,13 +88,16 @@ def test_kept_tokens_follow_the_runtime_selectors():
     [
         (0.0, "uniform", "token_keep"),
         (1.5, "uniform", "token_keep"),
-        (0.5, "attention", "selector"),
+        (0.5, "dart", "selector"),
         (0.5, "auto", "selector"),
+        (0.5, "learned", "needs `compressor`"),
     ],
 )
 def test_settings_refuse_what_the_plugin_cannot_do(keep, selector, match):
     with pytest.raises(ValueError, match=match):
         PruneSettings(keep, selector)
+    with pytest.raises(ValueError, match="only it reads one"):
+        PruneSettings(0.5, "attention", "some/compressor")
 
 
 def test_settings_refuse_token_coverage_instead_of_ignoring_it():

@@ -22,7 +22,9 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 ORGANISM = ROOT / "hf_tokcomp" / "organism" / "weights"
 #: the (selector, keep) cells the engines are compared on
-CELLS = (("uniform", 1.0), ("uniform", 0.5), ("divprune", 0.25))
+CELLS = (("uniform", 1.0), ("uniform", 0.5), ("divprune", 0.25), ("attention", 0.25), ("learned", 0.25))
+#: the shipped organism compressor (the `learned` cells)
+COMPRESSOR = ROOT / "hf_tokcomp" / "organism" / "compressor"
 
 
 def _main_python() -> str:
@@ -57,7 +59,8 @@ def organism_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(organism_dir, reference, tmp_path_factory):
-    """``engine(arch=..., keep=..., selector=..., max_batched_tokens=...)`` -> the run's results (cached)."""
+    """``engine(arch=..., keep=..., selector=..., max_batched_tokens=..., image_limit=..., prefix_caching=...)`` ->
+    the run's results (cached). ``selector="learned"`` serves the shipped organism compressor."""
     prompts, _ = reference
     folder = tmp_path_factory.mktemp("engines")
     cache: dict[tuple, dict] = {}
@@ -67,8 +70,10 @@ def engine(organism_dir, reference, tmp_path_factory):
         keep: float = 1.0,
         selector: str = "uniform",
         max_batched_tokens: int = 2048,
+        image_limit: int = 2,
+        prefix_caching: bool = True,
     ) -> dict:
-        key = (arch, keep, selector, max_batched_tokens)
+        key = (arch, keep, selector, max_batched_tokens, image_limit, prefix_caching)
         if key not in cache:
             out = folder / f"run{len(cache)}.json"
             command = [
@@ -88,7 +93,11 @@ def engine(organism_dir, reference, tmp_path_factory):
                 selector,
                 "--max-batched-tokens",
                 str(max_batched_tokens),
+                "--image-limit",
+                str(image_limit),
             ]
+            command += ["--compressor", str(COMPRESSOR)] if selector == "learned" else []
+            command += [] if prefix_caching else ["--no-prefix-caching"]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 pytest.fail(f"vLLM run {key} failed:\n{done.stderr[-4000:]}")

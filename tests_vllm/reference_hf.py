@@ -2,10 +2,12 @@
 
 Run with the MAIN environment's python (transformers 5.23; the vLLM environment has vLLM's older transformers):
 ``python tests_vllm/reference_hf.py --out DIR --cells uniform@0.5 divprune@0.25``. Writes ``DIR/prompts.json``
-(44 chat prompts: 20 one-image questions of the organism's test split, 4 two-image prompts and 20 questions about
-random-noise images; images as PNG beside it) and ``DIR/reference.json``: per cell ``SELECTOR@KEEP`` the greedy
-tokens (4 new tokens) of every prompt, one prompt at a time, the kept token indices of each image, and the
-log-probabilities of the 5 likeliest first tokens.
+(48 chat prompts: 20 one-image questions of the organism's test split, 4 two-image prompts, 20 questions about
+random-noise images, and 4 other questions about images of the first prompts; images as PNG beside it) and
+``DIR/reference.json``: per cell ``SELECTOR@KEEP`` the greedy tokens (4 new tokens) of every prompt, one prompt
+at a time, the kept token indices of each image, and the log-probabilities of the 5 likeliest first tokens.
+``learned@KEEP`` uses the shipped organism compressor; the question-aware cells (``attention``, ``learned``)
+cover the one-image prompts only (None for the others).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hf_tokcomp.organism import load_organism, make_split
+from hf_tokcomp.organism import ORGANISM_COMPRESSOR_DIR, load_organism, make_split
+from hf_tokcomp.runtime.compressor import TokenCompressor
 
 NEW_TOKENS = 4
 NOISE_PROMPTS = 20
+SAME_IMAGE_PROMPTS = 4
 
 
 def _prompts(processor, out: Path) -> list[dict]:
@@ -46,6 +50,13 @@ def _prompts(processor, out: Path) -> list[dict]:
         content = [{"type": "image"}, {"type": "text", "text": sample.question}]
         text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
         prompts.append({"text": text, "images": [path.name], "kind": "noise"})
+    # the same image under another question: a question-aware selection keeps other tokens, so no cache may hand
+    # one question the tokens kept for the other
+    for i in range(SAME_IMAGE_PROMPTS):
+        other = samples[i + 5]
+        content = [{"type": "image"}, {"type": "text", "text": other.question}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        prompts.append({"text": text, "images": [f"prompt{i:02d}_image0.png"], "kind": "same_image"})
     return prompts
 
 
@@ -64,8 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     for cell in args.cells:
         selector, keep = cell.split("@")
         model.config.selector, model.config.token_keep = selector, float(keep)
+        model.compressor = TokenCompressor.from_pretrained(ORGANISM_COMPRESSOR_DIR) if selector == "learned" else None
         tokens, kept, logprobs = [], [], []
         for prompt in prompts:
+            if selector in ("attention", "learned") and len(prompt["images"]) > 1:
+                tokens.append(None), kept.append(None), logprobs.append(None)
+                continue
             images = [Image.open(out / p).convert("RGB") for p in prompt["images"]]
             inputs = processor(text=[prompt["text"]], images=images, return_tensors="pt")
             generated = model.generate(

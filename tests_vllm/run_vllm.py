@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batched-tokens", type=int, default=2048)
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--video-limit", type=int, default=0, help="videos per prompt the engine accepts")
+    parser.add_argument("--image-limit", type=int, default=2, help="images per prompt; prompts with more are skipped")
+    parser.add_argument("--compressor", default=None, help="the learned compressor (selector learned)")
+    parser.add_argument("--no-prefix-caching", action="store_true", help="switch vLLM's prefix cache off")
     args = parser.parse_args(argv)
     from PIL import Image
     from vllm import LLM, SamplingParams
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {}
     if args.arch != "stock":
         overrides = {"architectures": [args.arch], "token_keep": args.keep, "selector": args.selector}
+        if args.compressor:
+            overrides["compressor"] = args.compressor
     started = time.perf_counter()
     llm = LLM(
         model=args.model,
@@ -58,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         max_num_batched_tokens=args.max_batched_tokens,
         enable_chunked_prefill=True,
         enforce_eager=True,
-        limit_mm_per_prompt={"image": 2, "video": args.video_limit},
+        limit_mm_per_prompt={"image": args.image_limit, "video": args.video_limit},
+        enable_prefix_caching=not args.no_prefix_caching,
         hf_overrides=overrides,
         seed=0,
     )
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     kept.clear()  # the engine's start-up profiling encodes dummy images
     folder = Path(args.prompts).parent
     prompts = json.loads(Path(args.prompts).read_text())
+    served = [i for i, p in enumerate(prompts) if len(p["images"]) <= args.image_limit]
+    prompts = [prompts[i] for i in served]
     requests = [
         {
             "prompt": p["text"],
@@ -77,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     outputs = llm.generate(requests, params, use_tqdm=False)
     done = time.perf_counter()
     result = {
+        "served": served,
         "tokens": [list(o.outputs[0].token_ids) for o in outputs],
         "first_logprobs": [{i: lp.logprob for i, lp in o.outputs[0].logprobs[0].items()} for o in outputs],
         "kept": kept,

@@ -11,12 +11,21 @@ Each class is vLLM's own model with three methods replaced (and its multimodal p
 - ``recompute_mrope_positions`` (vLLM's pruning hook, once per prefill step) writes each kept token's original
   position and strips the coordinate channels (:func:`~hf_tokcomp.vllm.pruning.rewrite_positions`).
 
-Images only: a model of the plugin refuses to start unless ``limit_mm_per_prompt={"video": 0}``.
+With a question-aware selector (``attention``, ``learned``) the processor also hands each image its prompt's
+token ids (the item field ``tokcomp_context``) and mixes them into the image's hash, so vLLM's processor, encoder
+and prefix caches never give one question the tokens kept for another; ``embed_multimodal`` computes the image's
+layer-0 features from them (:mod:`hf_tokcomp.vllm.question`).
+
+Images only: a model of the plugin refuses to start unless ``limit_mm_per_prompt={"video": 0}``; with a
+question-aware selector also unless ``"image": 1``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,15 +43,66 @@ from vllm.model_executor.models.qwen2_vl import (
     Qwen2VLProcessingInfo,
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing.processor import PromptReplacement
 
+from ..runtime.config import QWEN_ANSWER_START
+from ..runtime.features import DEFAULT_FEATURES, compressor_spec
+from ..runtime.instruction import turn_layout
 from .pruning import PruneSettings, kept_tokens, prompt_positions, rewrite_positions, with_positions
+from .question import Layer0, question_features
+
+#: the item field that carries an image's prompt (question-aware selectors)
+CONTEXT = "tokcomp_context"
 
 __all__ = ["TokCompQwen2VLForConditionalGeneration", "TokCompQwen2_5_VLForConditionalGeneration", "ARCHITECTURES"]
 
 
 class _PrunedPlaceholders:
-    """Processor mixin: ``keep_count(token_keep, n)`` image placeholders instead of ``n``."""
+    """Processor mixin: ``keep_count(token_keep, n)`` image placeholders instead of ``n``; with a question-aware
+    selector, each image carries its prompt (``tokcomp_context``) and a hash that includes it."""
+
+    _tokcomp_prompt: list[int] | None = None
+
+    def _tokcomp_question_aware(self) -> bool:
+        return PruneSettings.from_config(self.info.get_hf_config()).question_aware
+
+    def apply(self, inputs, timing_ctx):
+        if not self._tokcomp_question_aware():
+            return super().apply(inputs, timing_ctx)
+        self._tokcomp_prompt = [int(t) for t in inputs.prompt]
+        try:
+            return super().apply(inputs, timing_ctx)
+        finally:
+            self._tokcomp_prompt = None
+
+    def _get_mm_hashes(self, inputs):
+        hashes = super()._get_mm_hashes(inputs)
+        if not self._tokcomp_question_aware():
+            return hashes
+        prompt = hashlib.sha256(json.dumps([int(t) for t in inputs.prompt]).encode()).hexdigest()
+        return {
+            modality: [hashlib.sha256(f"{h}|tokcomp-prompt|{prompt}".encode()).hexdigest() for h in items]
+            for modality, items in hashes.items()
+        }
+
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        out = super()._apply_hf_processor_main(mm_items=mm_items, hf_kwargs=hf_kwargs)
+        grids = out.get("image_grid_thw") if hasattr(out, "get") else None
+        if self._tokcomp_prompt is not None and grids is not None and len(grids):
+            if len(grids) != 1:
+                raise ValueError(
+                    f"hf_tokcomp's question-aware selection scores one image per prompt, got {len(grids)}: serve "
+                    "with limit_mm_per_prompt={'image': 1}, or use a text-free selector (uniform, divprune)."
+                )
+            out[CONTEXT] = torch.tensor([self._tokcomp_prompt], dtype=torch.long)
+        return out
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        if CONTEXT in hf_inputs:
+            fields[CONTEXT] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
+        return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs):
         settings = PruneSettings.from_config(self.info.get_hf_config())
@@ -81,20 +141,76 @@ class _TokCompPruning:
                 "pass `limit_mm_per_prompt={'video': 0}` (`--limit-mm-per-prompt '{\"video\": 0}'`), or serve "
                 "videos with the stock architecture."
             )
+        self._tokcomp_question = None
+        if self.tokcomp.question_aware:
+            images = vllm_config.model_config.get_multimodal_config().get_limit_per_prompt("image")
+            if images != 1:
+                raise ValueError(
+                    f"hf_tokcomp's question-aware selector {self.tokcomp.selector!r} scores one image per prompt, but "
+                    f"this engine accepts {images}: pass limit_mm_per_prompt={{'image': 1, 'video': 0}}, or use a "
+                    "text-free selector (uniform, divprune) for several images."
+                )
+            if vllm_config.parallel_config.tensor_parallel_size != 1:
+                raise ValueError(
+                    "hf_tokcomp's question-aware selection reads every attention head of layer 0 and runs with "
+                    f"tensor_parallel_size=1 only, got {vllm_config.parallel_config.tensor_parallel_size}."
+                )
+            self._tokcomp_answer_start = _answer_start_ids(self.config, vllm_config.model_config.model)
+
+    def _tokcomp_question_parts(self) -> dict[str, Any]:
+        """Layer 0, the embedding, the rope, the turn layout, the compressor and its feature definition (built on
+        first use: the weights are loaded after ``__init__``)."""
+        if self._tokcomp_question is None:
+            from ..runtime.compressor import TokenCompressor
+
+            lm = self.language_model.model
+            attn = lm.layers[0].self_attn
+            q, k, _ = attn.qkv_proj.weight.split([attn.q_size, attn.kv_size, attn.kv_size])
+            bias = attn.qkv_proj.bias
+            qb, kb = (None, None) if bias is None else bias.split([attn.q_size, attn.kv_size, attn.kv_size])[:2]
+            norm = lm.layers[0].input_layernorm
+            layer0 = Layer0(norm.forward_native, q, qb, k, kb, attn.head_dim, attn.scaling)
+            rope = self.config.text_config.rope_parameters
+            compressor = None
+            if self.tokcomp.compressor is not None:
+                compressor = TokenCompressor.from_pretrained(self.tokcomp.compressor).to(q.device).eval()
+            self.config.answer_start_ids = self._tokcomp_answer_start
+            self._tokcomp_question = {
+                "layer0": layer0,
+                "embed": lm.embed_tokens,
+                "rope": (rope["rope_theta"], rope["mrope_section"]),
+                "layout": turn_layout(self.config),
+                "compressor": compressor,
+                "spec": DEFAULT_FEATURES if compressor is None else compressor_spec(compressor),
+            }
+        return self._tokcomp_question
 
     def embed_multimodal(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
         """Per image, ``(k, D + 3)``: its kept merged tokens and their ``(t, h, w)`` in the grid."""
         if kwargs.get("pixel_values_videos") is not None or kwargs.get("video_embeds") is not None:
             raise ValueError("hf_tokcomp's vLLM plugin prunes images only (limit_mm_per_prompt={'video': 0})")
+        contexts = kwargs.pop(CONTEXT, None)
         outputs = super().embed_multimodal(**kwargs)
         if not outputs:
             return outputs
         merge = self.visual.spatial_merge_size
         grids = torch.as_tensor(kwargs["image_grid_thw"]).reshape(-1, 3).tolist()
+        if self.tokcomp.question_aware and (contexts is None or len(contexts) != len(outputs)):
+            raise RuntimeError("hf_tokcomp: an image reached the encoder without its prompt (report this)")
         pruned = []
-        for embeds, (t, h, w) in zip(outputs, grids, strict=True):
+        for i, (embeds, (t, h, w)) in enumerate(zip(outputs, grids, strict=True)):
             grid = (t, h // merge, w // merge)
-            pruned.append(with_positions(embeds, kept_tokens(embeds, grid, self.tokcomp), grid))
+            features, compressor = None, None
+            if self.tokcomp.question_aware:
+                parts = self._tokcomp_question_parts()
+                prompt = torch.as_tensor(contexts[i]).reshape(-1).tolist()
+                features = question_features(
+                    embeds, prompt, grid, self.config.image_token_id, parts["embed"], parts["layer0"],
+                    parts["rope"], parts["layout"], parts["spec"],
+                )  # fmt: skip
+                compressor = parts["compressor"]
+            kept = kept_tokens(embeds, grid, self.tokcomp, features, compressor)
+            pruned.append(with_positions(embeds, kept, grid))
         return tuple(pruned)
 
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list) -> tuple[torch.Tensor, int]:
@@ -120,6 +236,19 @@ class _TokCompPruning:
         return rewrite_positions(
             input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens, self.config.image_token_id
         )
+
+
+def _answer_start_ids(config: Any, model: str) -> list[int]:
+    """``answer_start_ids`` of the served model: ``hf_overrides``, else the checkpoint's ``hf_tokcomp.json``
+    (written by hf_tokcomp's ``save_pretrained``), else the Qwen chat template's generation prompt."""
+    if getattr(config, "answer_start_ids", None) is not None:
+        return list(config.answer_start_ids)
+    saved = Path(model) / "hf_tokcomp.json"
+    if saved.is_file():
+        value = json.loads(saved.read_text()).get("answer_start_ids")
+        if value is not None:
+            return list(value)
+    return list(QWEN_ANSWER_START)
 
 
 class _Qwen2VLProcessor(_PrunedPlaceholders, Qwen2VLMultiModalProcessor):

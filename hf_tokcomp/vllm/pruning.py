@@ -24,6 +24,7 @@ from ..runtime.selectors import SELECTORS, SegmentBatch
 
 __all__ = [
     "TEXT_FREE_SELECTORS",
+    "QUESTION_SELECTORS",
     "POSITION_CHANNELS",
     "PruneSettings",
     "kept_tokens",
@@ -35,6 +36,8 @@ __all__ = [
 
 #: selectors that need no question text: they run where vLLM encodes an image, before the prompt is seen
 TEXT_FREE_SELECTORS = ("uniform", "divprune")
+#: selectors that read the question (the layer-0 features, :mod:`hf_tokcomp.vllm.question`): one image per prompt
+QUESTION_SELECTORS = ("attention", "learned")
 #: extra channels appended to each kept token's embedding: its (t, h, w) inside the image's grid
 POSITION_CHANNELS = 3
 
@@ -45,20 +48,32 @@ class PruneSettings:
 
     Attributes:
         token_keep: share of each image's visual tokens kept, in (0, 1].
-        selector: one of :data:`TEXT_FREE_SELECTORS`.
+        selector: one of :data:`TEXT_FREE_SELECTORS` or :data:`QUESTION_SELECTORS`.
+        compressor: the learned compressor's directory or Hub id (``selector="learned"`` only).
     """
 
     token_keep: float = 1.0
     selector: str = "uniform"
+    compressor: str | None = None
 
     def __post_init__(self) -> None:
         check_token_keep(self.token_keep)
-        if self.selector not in TEXT_FREE_SELECTORS:
+        allowed = (*TEXT_FREE_SELECTORS, *QUESTION_SELECTORS)
+        if self.selector not in allowed:
             raise ValueError(
-                f"`selector` of the vLLM plugin must be one of {list(TEXT_FREE_SELECTORS)} (methods that need no "
-                f"question text: vLLM encodes an image before it sees the prompt), got {self.selector!r}; the "
-                "question-aware methods (learned, attention, dart, cdpruner) run with the transformers classes."
+                f"`selector` of the vLLM plugin must be one of {list(allowed)}, got {self.selector!r}; DART and "
+                "CDPruner run with the transformers classes (their vision-side inputs are not built here)."
             )
+        if (self.selector == "learned") != (self.compressor is not None):
+            raise ValueError(
+                "`selector='learned'` needs `compressor` (the compressor's directory or Hub id) in `hf_overrides`, "
+                f"and only it reads one; got selector={self.selector!r}, compressor={self.compressor!r}."
+            )
+
+    @property
+    def question_aware(self) -> bool:
+        """Whether the selection reads the prompt (then each image is scored against its own prompt)."""
+        return self.selector in QUESTION_SELECTORS
 
     @classmethod
     def from_config(cls, config: object) -> PruneSettings:
@@ -72,7 +87,8 @@ class PruneSettings:
                 f"`token_coverage` ({coverage!r}) is not supported by the vLLM plugin yet (its text-free selectors "
                 "choose their own sets); drop it from `hf_overrides` / the saved config."
             )
-        return cls(1.0 if keep is None else keep, "uniform" if selector is None else selector)
+        compressor = getattr(config, "compressor", None)
+        return cls(1.0 if keep is None else keep, "uniform" if selector is None else selector, compressor)
 
     def count(self, n: int) -> int:
         """Kept tokens of an image of ``n`` merged tokens (the transformers classes' rule)."""
@@ -80,13 +96,22 @@ class PruneSettings:
 
 
 @torch.no_grad()
-def kept_tokens(embeds: torch.Tensor, grid: tuple[int, int, int], settings: PruneSettings) -> torch.Tensor:
+def kept_tokens(
+    embeds: torch.Tensor,
+    grid: tuple[int, int, int],
+    settings: PruneSettings,
+    features: torch.Tensor | None = None,
+    compressor: torch.nn.Module | None = None,
+) -> torch.Tensor:
     """The kept token indices of one image, ascending.
 
     Args:
         embeds: ``(n, D)`` the image's merged visual tokens (the LLM-input embeddings).
         grid: ``(t, h, w)`` its merged-token grid, ``t * h * w == n``.
         settings: budget and selector.
+        features: ``(C, n)`` its layer-0 features (:func:`~hf_tokcomp.vllm.question.question_features`), for
+            the question-aware selectors.
+        compressor: the learned compressor (``selector="learned"``).
 
     Returns:
         ``(k,)`` int64, ``k = settings.count(n)``.
@@ -98,12 +123,15 @@ def kept_tokens(embeds: torch.Tensor, grid: tuple[int, int, int], settings: Prun
     if k == n:
         return torch.arange(n, device=embeds.device)
     selector = SELECTORS[settings.selector]()
+    if settings.question_aware and features is None:
+        raise ValueError(f"selector {settings.selector!r} needs the image's layer-0 features")
     batch = SegmentBatch(
-        features=torch.zeros(1, 1, n, device=embeds.device),
+        features=torch.zeros(1, 1, n, device=embeds.device) if features is None else features[None].float(),
         mask=torch.ones(1, n, dtype=torch.bool, device=embeds.device),
         lengths=[n],
         grids=[tuple(grid)],
         embeds=embeds[None],
+        compressor=compressor,
     )
     selection = selector.select(batch, [k])
     return selection.kept[0, :k]

@@ -1,0 +1,146 @@
+"""Question-aware selection where vLLM encodes an image: the layer-0 features of the image's tokens, from its prompt.
+
+vLLM encodes an image without its prompt, so the plugin's processor hands each image the prompt's token ids as an
+extra item field (``tokcomp_context``, see :mod:`hf_tokcomp.vllm.models`), and the model computes here what the
+transformers classes compute (:func:`~hf_tokcomp.runtime.features.segment_features` on the LLM input): the
+prompt with every image expanded to its merged tokens, the text embeddings, the image's own embeddings in its
+place, the stock M-RoPE positions of the unpruned prompt, the instruction rows of the image's turn
+(:mod:`hf_tokcomp.runtime.instruction`), and layer 0's norm and q / k projections. Only those projections run
+(no decoder layer), on the prompt's tokens. Plain torch: no vLLM import, so it is tested in the main environment
+against the transformers classes.
+
+One image per prompt: the keys of a row include every prompt token, so another image's tokens would be needed
+while this one is encoded, and vLLM may encode the images of a prompt in different batches. The processor
+refuses question-aware selection for prompts with more images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..runtime.features import FeatureSpec, segment_features
+from ..runtime.instruction import TurnLayout, segment_instruction_rows
+from .pruning import prompt_positions
+
+__all__ = ["Layer0", "expand_prompt", "mrope_tables", "question_features"]
+
+
+@dataclass
+class Layer0:
+    """What the features read of the LLM's decoder layer 0, in the shape
+    :func:`~hf_tokcomp.runtime.features.segment_features` reads it (``layer.input_layernorm``,
+    ``layer.self_attn.q_proj`` / ``k_proj`` / ``head_dim`` / ``scaling``).
+
+    Attributes:
+        input_layernorm: ``(..., D) -> (..., D)`` the layer's input norm.
+        self_attn: this object itself (``q_proj``, ``k_proj``, ``head_dim``, ``scaling``).
+    """
+
+    norm: Callable[[torch.Tensor], torch.Tensor]
+    q_weight: torch.Tensor
+    q_bias: torch.Tensor | None
+    k_weight: torch.Tensor
+    k_bias: torch.Tensor | None
+    head_dim: int
+    scaling: float
+
+    @property
+    def input_layernorm(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.norm
+
+    @property
+    def self_attn(self) -> Layer0:
+        return self
+
+    def q_proj(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.q_weight, self.q_bias)
+
+    def k_proj(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.k_weight, self.k_bias)
+
+
+def expand_prompt(prompt: Sequence[int], image_token_id: int, counts: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+    """The prompt with image ``j``'s placeholder run (one id, or any number) replaced by ``counts[j]`` ids.
+
+    Returns:
+        ``(L,)`` int64 ids and each image's first position.
+    """
+    ids: list[int] = []
+    starts: list[int] = []
+    i = 0
+    while i < len(prompt):
+        if prompt[i] == image_token_id:
+            if len(starts) == len(counts):
+                raise ValueError(f"the prompt holds more image placeholder runs than the {len(counts)} image(s) given")
+            while i < len(prompt) and prompt[i] == image_token_id:
+                i += 1
+            starts.append(len(ids))
+            ids += [image_token_id] * counts[len(starts) - 1]
+        else:
+            ids.append(int(prompt[i]))
+            i += 1
+    if len(starts) != len(counts):
+        raise ValueError(f"the prompt holds {len(starts)} image placeholder run(s) for {len(counts)} image(s)")
+    return torch.tensor(ids, dtype=torch.long), starts
+
+
+def mrope_tables(
+    positions: torch.Tensor, head_dim: int, theta: float, sections: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, L, head_dim)`` cos / sin of Qwen2-VL's M-RoPE at ``positions`` ``(3, L)``: each frequency band
+    takes the temporal, height or width position as ``sections`` (e.g. [16, 24, 24]) say, as the stock model."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    freqs = positions.float()[..., None] * inv_freq  # (3, L, d / 2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (3, L, d)
+    parts = [*sections, *sections]
+    cos = torch.cat([c[i % 3] for i, c in enumerate(emb.cos().split(parts, dim=-1))], dim=-1)
+    sin = torch.cat([s[i % 3] for i, s in enumerate(emb.sin().split(parts, dim=-1))], dim=-1)
+    return cos[None], sin[None]
+
+
+@torch.no_grad()
+def question_features(
+    embeds: torch.Tensor,
+    prompt: Sequence[int],
+    grid: tuple[int, int, int],
+    image_token_id: int,
+    embed_tokens: Callable[[torch.Tensor], torch.Tensor],
+    layer0: Layer0,
+    rope: tuple[float, Sequence[int]],
+    layout: TurnLayout,
+    spec: FeatureSpec,
+) -> torch.Tensor:
+    """``(C, n)`` float32 layer-0 features of a one-image prompt's image, as the transformers classes compute them.
+
+    Args:
+        embeds: ``(n, D)`` the image's merged visual tokens (the vision tower's output).
+        prompt: the prompt's token ids (the image as one placeholder run).
+        grid: ``(t, h, w)`` its merged-token grid.
+        image_token_id: the placeholder id.
+        embed_tokens: ``(L,) -> (L, D)`` the LLM's input embedding.
+        layer0: the LLM's layer 0 (see :class:`Layer0`).
+        rope: ``(theta, mrope_section)`` of the text config.
+        layout: the chat template's turn markers (:func:`~hf_tokcomp.runtime.instruction.turn_layout`).
+        spec: the feature definition (the learned compressor's own, or the default).
+    """
+    n = embeds.shape[0]
+    ids, (start,) = expand_prompt(prompt, image_token_id, [n])
+    ids = ids.to(embeds.device)
+    positions = prompt_positions(len(ids), [(start, n, grid)])[0].to(embeds.device)
+    hidden = embed_tokens(ids).to(embeds.dtype).clone()
+    hidden[start : start + n] = embeds
+    cos, sin = mrope_tables(positions, layer0.head_dim, *rope)
+    visual = torch.zeros(1, len(ids), dtype=torch.bool, device=embeds.device)
+    visual[0, start : start + n] = True
+    mask = torch.ones(1, len(ids), dtype=torch.long, device=embeds.device)
+    sample = torch.zeros(1, dtype=torch.long, device=embeds.device)
+    first, end = torch.tensor([start], device=embeds.device), torch.tensor([start + n], device=embeds.device)
+    rows = segment_instruction_rows(ids[None], visual, mask, sample, first, end, layout, spec.prompt_header)
+    index = torch.arange(start, start + n, device=embeds.device)[None]
+    features = segment_features(hidden[None], layer0, cos.to(embeds.dtype), sin.to(embeds.dtype), mask, rows,
+                                sample, index, end, spec)  # fmt: skip
+    return features[0]

@@ -1,0 +1,73 @@
+"""The vLLM plugin's question-aware features (plain torch, hf_tokcomp/vllm/question.py) against the transformers
+classes: on the organism, from the tokenizer's one-placeholder prompt and the stock vision tower's output, they
+equal what ``compressor_features`` computes on the processor's expanded prompt, in both prompt orders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_tokcomp.organism import load_organism
+from hf_tokcomp.organism.task import make_split
+from hf_tokcomp.runtime.features import DEFAULT_FEATURES, FeatureSpec
+from hf_tokcomp.runtime.instruction import turn_layout
+from hf_tokcomp.vllm.question import Layer0, expand_prompt, question_features
+
+from .reference import stock_visual
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return load_organism()
+
+
+def _layer0(model) -> Layer0:
+    layer = model.model.language_model.layers[0]
+    attn = layer.self_attn
+    return Layer0(
+        layer.input_layernorm,
+        attn.q_proj.weight,
+        attn.q_proj.bias,
+        attn.k_proj.weight,
+        attn.k_proj.bias,
+        attn.head_dim,
+        attn.scaling,
+    )
+
+
+@pytest.mark.parametrize("question_first", [False, True])
+@pytest.mark.parametrize("spec", [DEFAULT_FEATURES, FeatureSpec(prompt_header=True, per_head=True)], ids=str)
+def test_question_features_equal_the_transformers_features(organism, question_first, spec):
+    model, processor = organism
+    text_config = model.config.text_config
+    rope = (text_config.rope_parameters["rope_theta"], text_config.rope_parameters["mrope_section"])
+    for sample in make_split("test", 6):
+        parts = [{"type": "image"}, {"type": "text", "text": sample.question}]
+        content = parts[::-1] if question_first else parts
+        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        inputs = processor(text=[text], images=[sample.images[0]], return_tensors="pt")
+        prompt = processor.tokenizer(text)["input_ids"]  # what vLLM's processor sees: one placeholder
+        assert prompt.count(model.config.image_token_id) == 1
+        with torch.no_grad():
+            want = model.compressor_features(**inputs, features=spec)[0][0][1]
+            embeds, visual, _ = stock_visual(model, inputs)
+            t, h, w = inputs["image_grid_thw"][0].tolist()
+            got = question_features(
+                embeds[0][visual[0]],
+                prompt,
+                (t, h // 2, w // 2),
+                model.config.image_token_id,
+                model.model.get_input_embeddings(),
+                _layer0(model),
+                rope,
+                turn_layout(model.config),
+                spec,
+            )
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_expand_prompt_replaces_each_run_and_refuses_a_mismatch():
+    ids, starts = expand_prompt([1, 9, 2, 9, 9, 3], 9, [3, 2])
+    assert ids.tolist() == [1, 9, 9, 9, 2, 9, 9, 3] and starts == [1, 5]
+    with pytest.raises(ValueError, match="more image placeholder runs than the 1 image"):
+        expand_prompt([1, 9, 2, 9], 9, [3])
