@@ -24,15 +24,7 @@ def organism():
 def _layer0(model) -> Layer0:
     layer = model.model.language_model.layers[0]
     attn = layer.self_attn
-    return Layer0(
-        layer.input_layernorm,
-        attn.q_proj.weight,
-        attn.q_proj.bias,
-        attn.k_proj.weight,
-        attn.k_proj.bias,
-        attn.head_dim,
-        attn.scaling,
-    )
+    return Layer0(layer.input_layernorm, attn.q_proj, attn.k_proj, attn.head_dim, attn.scaling)
 
 
 @pytest.mark.parametrize("question_first", [False, True])

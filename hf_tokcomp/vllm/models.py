@@ -165,15 +165,22 @@ class _TokCompPruning:
 
             lm = self.language_model.model
             attn = lm.layers[0].self_attn
-            q, k, _ = attn.qkv_proj.weight.split([attn.q_size, attn.kv_size, attn.kv_size])
-            bias = attn.qkv_proj.bias
-            qb, kb = (None, None) if bias is None else bias.split([attn.q_size, attn.kv_size, attn.kv_size])[:2]
-            norm = lm.layers[0].input_layernorm
-            layer0 = Layer0(norm.forward_native, q, qb, k, kb, attn.head_dim, attn.scaling)
+
+            def qkv(x: torch.Tensor) -> torch.Tensor:  # the fused projection (its weights may be repacked on CPU)
+                return attn.qkv_proj(x.reshape(-1, x.shape[-1]))[0].reshape(*x.shape[:-1], -1)
+
+            layer0 = Layer0(
+                lm.layers[0].input_layernorm.forward_native,
+                lambda x: qkv(x)[..., : attn.q_size],
+                lambda x: qkv(x)[..., attn.q_size : attn.q_size + attn.kv_size],
+                attn.head_dim,
+                attn.scaling,
+            )
             rope = self.config.text_config.rope_parameters
             compressor = None
             if self.tokcomp.compressor is not None:
-                compressor = TokenCompressor.from_pretrained(self.tokcomp.compressor).to(q.device).eval()
+                device = lm.embed_tokens.weight.device
+                compressor = TokenCompressor.from_pretrained(self.tokcomp.compressor).to(device).eval()
             self.config.answer_start_ids = self._tokcomp_answer_start
             self._tokcomp_question = {
                 "layer0": layer0,

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..runtime.features import FeatureSpec, segment_features
 from ..runtime.instruction import TurnLayout, segment_instruction_rows
@@ -36,15 +35,14 @@ class Layer0:
     ``layer.self_attn.q_proj`` / ``k_proj`` / ``head_dim`` / ``scaling``).
 
     Attributes:
-        input_layernorm: ``(..., D) -> (..., D)`` the layer's input norm.
-        self_attn: this object itself (``q_proj``, ``k_proj``, ``head_dim``, ``scaling``).
+        norm: ``(..., D) -> (..., D)`` the layer's input norm.
+        query, key: ``(..., D) -> (..., heads * head_dim)`` / ``(..., kv_heads * head_dim)`` its projections.
+        head_dim, scaling: of its attention.
     """
 
     norm: Callable[[torch.Tensor], torch.Tensor]
-    q_weight: torch.Tensor
-    q_bias: torch.Tensor | None
-    k_weight: torch.Tensor
-    k_bias: torch.Tensor | None
+    query: Callable[[torch.Tensor], torch.Tensor]
+    key: Callable[[torch.Tensor], torch.Tensor]
     head_dim: int
     scaling: float
 
@@ -57,10 +55,10 @@ class Layer0:
         return self
 
     def q_proj(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.q_weight, self.q_bias)
+        return self.query(x)
 
     def k_proj(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.k_weight, self.k_bias)
+        return self.key(x)
 
 
 def expand_prompt(prompt: Sequence[int], image_token_id: int, counts: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
