@@ -9,7 +9,7 @@ model makes of a question order it was not trained on). Learned compressors (``-
 its own definition), the GAE teacher and the evidence oracle are measured alongside. Also reported: the time the
 features add, against a full uncompressed prefill of the same batch (medians of repeated runs).
 
-    python benchmarks/instruction_features.py --n 500 --compressor DIR [DIR ...] \\
+    python benchmarks/instruction_features.py --n 500 --compressor DIR [DIR ...] [--coverage 0.5] \\
         --out benchmarks/results/instruction_features
 """
 
@@ -83,13 +83,14 @@ def main(argv: list[str] | None = None) -> None:
         "without the generation prompt's rows)",
     )
     parser.add_argument("--no-references", action="store_true", help="skip the GAE teacher and the oracle")
+    parser.add_argument("--coverage", type=float, default=0.0, help="token_coverage of the selections (default: 0)")
     parser.add_argument("--out", default="benchmarks/results/instruction_features", help="output path stem")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model, processor = load_organism()
     data = write_split("test", args.n, Path(args.out).parent / "_instruction_data")
     records = [r | {"question_first": first} for r in read_records(data) for first in (False, True)]
-    settings = EvalSettings(keeps=KEEPS, methods=("attention",), max_new_tokens=2, flops=False)
+    settings = EvalSettings(keeps=KEEPS, methods=("attention",), max_new_tokens=2, flops=False, coverage=args.coverage)
     results: dict[str, dict] = {
         "command": "python benchmarks/instruction_features.py " + " ".join(argv or []),
         "n": args.n,
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     lines = [
         f"Retention (%) of the selection per feature definition on {args.n} organism test samples, question after | "
-        "before the image, with 95% intervals; evidence kept = mean share of an answer's evidence tokens kept.",
+        "before the image, with 95% intervals; evidence kept = mean share of an answer's evidence tokens kept; "
+        f"token_coverage {args.coverage:g} (the evidence oracle: none).",
         "",
         "| method | keep | after | before | evidence kept, after | before |",
         "|---|---|---|---|---|---|",

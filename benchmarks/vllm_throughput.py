@@ -8,8 +8,10 @@ A Qwen2-VL-2B-width model (LLM 1536 wide, vision tower 1280 wide; ``--llm-layers
 them, random weights: vLLM's ``load_format="dummy"``) with the organism's small word-level tokenizer (so the
 vocabulary is 300 rows, not 151,936). Every request holds one distinct random-noise image of ``--image-size`` px
 (448 px = 256 visual tokens) and a short question. Cells, one engine process each, the same prompts: stock vLLM,
-and the plugin at ``--keeps`` with ``uniform`` and ``divprune``. Per cell: ``--requests`` requests submitted at
-once with 1 new token (prefill-bound) and with ``--new-tokens`` new tokens (requests/s), and time to first
+and the plugin at ``--keeps`` with ``--selectors`` (``uniform``, ``divprune``, and the question-aware
+``attention`` / ``learned``: the latter with an untrained compressor of the default shape, seeded, which
+measures its cost only; the model has the organism's ``answer_start_ids``). Per cell: ``--requests`` requests
+submitted at once with 1 new token (prefill-bound) and with ``--new-tokens`` new tokens (requests/s), and time to first
 token as the median latency of single requests with 1 new token. One run, so no confidence interval: the spread
 of the single-request latencies is printed beside their median. On a GPU: the same command with
 ``--dtype bfloat16`` and the real layer counts (``--llm-layers 28 --vision-layers 32``).
@@ -79,6 +81,7 @@ def _model_dir(folder: Path, llm_layers: int, vision_layers: int, image_size: in
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
         (out / name).write_bytes((ORGANISM / name).read_bytes())
     (out / "processor_config.json").write_bytes((ORGANISM / "processor_config.json").read_bytes())
+    (out / "hf_tokcomp.json").write_bytes((ORGANISM / "hf_tokcomp.json").read_bytes())  # answer_start_ids
     use_stock_processor(out, pixels=image_size**2)
     return out
 
@@ -95,6 +98,15 @@ def _cell(args: argparse.Namespace) -> dict:
     if args.selector != "stock":
         arch = {"architectures": ["TokCompQwen2VLForConditionalGeneration"]}
         overrides["hf_overrides"] = {**arch, "token_keep": args.keep, "selector": args.selector}
+        if args.selector == "learned":
+            import torch
+
+            from hf_tokcomp.runtime.compressor import TokenCompressor, TokenCompressorConfig
+
+            torch.manual_seed(0)
+            path = Path(args.model).parent / "compressor"
+            TokenCompressor(TokenCompressorConfig(base_model_type="qwen2_vl")).save_pretrained(path)
+            overrides["hf_overrides"]["compressor"] = str(path)
     llm = LLM(
         model=args.model,
         dtype=args.dtype,
@@ -170,7 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25])
-    parser.add_argument("--selectors", nargs="+", default=["uniform", "divprune"], choices=["uniform", "divprune"])
+    parser.add_argument(
+        "--selectors",
+        nargs="+",
+        default=["uniform", "divprune"],
+        choices=["uniform", "divprune", "attention", "learned"],
+    )
     parser.add_argument("--llm-layers", type=int, default=4)
     parser.add_argument("--vision-layers", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=448, help="px, a multiple of 28 (448: 256 tokens)")

@@ -72,17 +72,19 @@ def engine(organism_dir, reference, tmp_path_factory):
         max_batched_tokens: int = 2048,
         image_limit: int = 2,
         prefix_caching: bool = True,
+        model: Path | None = None,
+        prompt_file: Path | None = None,
     ) -> dict:
-        key = (arch, keep, selector, max_batched_tokens, image_limit, prefix_caching)
+        key = (arch, keep, selector, max_batched_tokens, image_limit, prefix_caching, model, prompt_file)
         if key not in cache:
             out = folder / f"run{len(cache)}.json"
             command = [
                 sys.executable,
                 str(HERE / "run_vllm.py"),
                 "--model",
-                str(organism_dir),
+                str(model or organism_dir),
                 "--prompts",
-                str(prompts),
+                str(prompt_file or prompts),
                 "--out",
                 str(out),
                 "--arch",
@@ -105,3 +107,14 @@ def engine(organism_dir, reference, tmp_path_factory):
         return cache[key]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def qwen2_5(reference, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A tiny random Qwen2.5-VL checkpoint in the real layout: ``(model dir, its prompts file, reference)``."""
+    prompts, _ = reference
+    out = tmp_path_factory.mktemp("qwen2_5")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    command = [_main_python(), str(HERE / "qwen2_5_reference.py"), "--prompts", str(prompts), "--out", str(out)]
+    subprocess.run(command, check=True, env=env, cwd=ROOT)
+    return out / "model", prompts.parent / "prompts_qwen2_5.json", json.loads((out / "reference.json").read_text())

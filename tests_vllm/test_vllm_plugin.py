@@ -112,6 +112,20 @@ def test_question_aware_selection_is_refused_with_several_images_per_prompt(orga
     assert "scores one image per prompt" in done.stderr and "limit_mm_per_prompt" in done.stderr
 
 
+@pytest.mark.parametrize("cell", ["uniform@0.5", "attention@0.25"])
+def test_qwen2_5_vl_pruning_equals_the_transformers_classes(engine, qwen2_5, cell):
+    """A tiny random Qwen2.5-VL (window attention in the vision tower) in the real checkpoint layout: the plugin's
+    Qwen2.5-VL architecture gives hf_tokcomp's Qwen2.5-VL class's tokens, first-token log-probabilities and kept
+    tokens on 12 one-image prompts."""
+    model, prompt_file, ref = qwen2_5
+    selector, keep = cell.split("@")
+    run = engine(arch="TokCompQwen2_5_VLForConditionalGeneration", keep=float(keep), selector=selector,
+                 image_limit=1, model=model, prompt_file=prompt_file, max_batched_tokens=16)  # fmt: skip
+    _agree(run, ref[cell], range(len(ref[cell]["tokens"])))
+    assert sorted(map(tuple, run["kept"])) == sorted(map(tuple, ref[cell]["kept"]))
+    assert len({tuple(t) for t in ref[cell]["tokens"]}) > 1  # the random model's answers depend on the prompt
+
+
 def test_pruning_changes_the_answers(engine, reference):
     """The cells above are not trivially equal: pruned runs differ from the unpruned reference somewhere."""
     _, results = reference

@@ -16,19 +16,22 @@ from pathlib import Path
 __all__ = ["use_stock_processor"]
 
 
-def use_stock_processor(folder: str | os.PathLike, pixels: int | None = None) -> None:
+def use_stock_processor(
+    folder: str | os.PathLike, pixels: int | None = None, processor_class: str = "Qwen2VLProcessor"
+) -> None:
     """Rewrite ``folder``'s processor files for vLLM (in place). ``pixels``: also fix every image's size to
-    ``pixels`` pixels (min = max), e.g. ``448 ** 2`` for 256 visual tokens."""
+    ``pixels`` pixels (min = max), e.g. ``448 ** 2`` for 256 visual tokens. ``processor_class``: the stock class
+    to name (``"Qwen2_5_VLProcessor"`` for a Qwen2.5-VL checkpoint)."""
     folder = Path(folder)
     path = folder / "processor_config.json"
     processor = json.loads(path.read_text())
     if pixels is not None:
         processor["image_processor"]["size"] = {"shortest_edge": pixels, "longest_edge": pixels}
-    processor["processor_class"] = "Qwen2VLProcessor"
+    processor["processor_class"] = processor_class
     video = {k: v for k, v in processor["image_processor"].items() if k != "image_processor_type"}
     processor["video_processor"] = {**video, "video_processor_type": "Qwen2VLVideoProcessor"}
     path.write_text(json.dumps(processor, indent=1))
     path = folder / "tokenizer_config.json"
     tokenizer = json.loads(path.read_text())
-    tokenizer["processor_class"] = "Qwen2VLProcessor"
+    tokenizer["processor_class"] = processor_class
     path.write_text(json.dumps(tokenizer, indent=1))
