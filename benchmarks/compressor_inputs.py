@@ -38,6 +38,8 @@ VARIANTS = {
     "mean+end": ("v2:hybrid+gen", True),
     "heads": ("v2:hybrid+gen+heads", False),
     "heads+end": ("v2:hybrid+gen+heads", True),
+    "heads causal": ("v2:causal+gen+heads", False),
+    "mean causal": ("v2:causal+gen", False),
 }
 
 
@@ -61,7 +63,7 @@ def table(results: dict[str, dict]) -> str:
     ]
     for name, result in results.items():
         for method in result["methods"]:
-            coverage = result["settings"].get("coverage", 0.0)
+            coverage = result["settings"].get("coverage", 0.0) if method in result.get("coverage_applied_to", []) else 0
             label = name if method == "ours" else method + (f" @coverage {coverage:g}" if coverage else "")
             for keep in [str(k) for k in result["keeps"][1:]]:
                 cells = []
@@ -114,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     text = (
         f"Organism v2, {args.train} labelled train samples, {args.epochs} epochs, {args.test} test samples (both "
         "prompt orders). Retention (%) with 95% intervals; the last column: the share of wrong answers whose "
-        "first word is right (the model did not stop).\n\n" + table(results)
+        "first word is right (the model did not stop). `attention`: the training-free selection with the features "
+        f"the runtime used when each row was measured (`v2:hybrid+gen` before the default became `v2:causal+gen`; "
+        "both in instruction_features_v2.md).\n\n" + table(results)
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.md").write_text(text)

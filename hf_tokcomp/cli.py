@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the compressor's input: a versioned layer-0 feature definition, 'v2:MODE' with MODE causal, "
         "noncausal or hybrid (how a question BEFORE the image is read), '+heads' for one channel per attention "
-        "head (default: v2:hybrid)",
+        "head (default: v2:causal+gen)",
     )
     label.add_argument(
         "--answer-end",

@@ -33,9 +33,9 @@ METHODS = ("ours", "attention", "uniform", "random", "oracle")
 #: keep ratios of the demo: 0.33 / 0.22 / 0.11 are where the literature reports (192 / 128 / 64 of LLaVA's 576
 #: tokens)
 KEEPS = (1.0, 0.75, 0.5, 0.33, 0.25, 0.22, 0.11)
-#: the compressor's input: one channel per layer-0 head (benchmarks/results/compressor_inputs.md: better than the
-#: head mean in both prompt orders on the organism)
-FEATURES = "v2:hybrid+gen+heads"
+#: the compressor's input: one causal layer-0 attention channel per head (benchmarks/results/compressor_inputs.md:
+#: better than the head mean, and than reading a question before the image non-causally, on the organism)
+FEATURES = "v2:causal+gen+heads"
 #: ``token_coverage`` of the evaluation (same source: the share of the budget spread over the grid first)
 COVERAGE = 0.5
 

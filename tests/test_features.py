@@ -130,13 +130,15 @@ def test_features_equal_the_stock_layer0_read_both_ways(stock, ours, mode, per_h
             torch.testing.assert_close(features, want, rtol=1e-5, atol=1e-6)
 
 
-def test_the_rows_before_the_image_change_the_default_features(stock, ours):
-    """Only the words of the question BEFORE the image differ: the default (hybrid) features and their top
-    tokens differ too."""
+def test_the_rows_before_the_image_change_the_hybrid_features(stock, ours):
+    """Only the words of the question BEFORE the image differ: the hybrid features (which read them without the
+    causal mask) and their top tokens differ too."""
     a = make_qwen_inputs([[("text", [5, 6, 7, 8]), ("image", (8, 8)), ("text", [9])]], stock.config)
     b = make_qwen_inputs([[("text", [5, 30, 41, 8]), ("image", (8, 8)), ("text", [9])]], stock.config)
+    hybrid = FeatureSpec("hybrid", prompt_header=True)
     with torch.no_grad():
-        fa, fb = ours.compressor_features(**a)[0][0][1], ours.compressor_features(**b)[0][0][1]
+        fa = ours.compressor_features(**a, features=hybrid)[0][0][1]
+        fb = ours.compressor_features(**b, features=hybrid)[0][0][1]
     assert (fa - fb).abs().max() > 1e-5  # the tiny random model attends almost uniformly: small but real
     assert set(fa[0].topk(4).indices.tolist()) != set(fb[0].topk(4).indices.tolist())
 

@@ -92,10 +92,13 @@ class FeatureSpec:
         return num_heads if self.per_head else 1
 
 
-#: what the runtime computes when no compressor asks for another definition: the question read wherever it
-#: stands, plus the generation prompt's rows (benchmarks/results/instruction_features.md: without them the
-#: organism keeps 0.82 of the evidence at keep 0.25 instead of 0.99)
-DEFAULT_FEATURES = FeatureSpec(prompt_header=True)
+#: what the runtime computes when no compressor asks for another definition, and what `tokcomp label` stores
+#: unless told: the model's own causal layer-0 attention from the image's instruction rows plus the generation
+#: prompt's rows. A question BEFORE the image then adds nothing (layer 0 cannot relate it to the image): reading
+#: it without the causal mask (``hybrid``) measured WORSE than ignoring it on organism v2, in the same scenes
+#: asked both ways (benchmarks/results/instruction_features_v2.md: 78.4 vs 91.1% retention at keep 0.5 with the
+#: question first; its rows then meet the image at relative positions layer 0 never saw in training).
+DEFAULT_FEATURES = FeatureSpec("causal", prompt_header=True)
 
 
 def compressor_spec(compressor: nn.Module | None) -> FeatureSpec:
