@@ -25,7 +25,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from ..runtime.compression import compress_batch
 from ..runtime.stock_call import stock_forward_on
 
-__all__ = ["visual_relevance", "append_answers", "greedy_answers", "cut_at_eos"]
+__all__ = ["visual_relevance", "append_answers", "greedy_answers", "cut_at_eos", "eos_ids"]
 
 _IMPLEMENTATION = "tokcomp_gae_rollout"
 
@@ -153,13 +153,18 @@ def append_answers(inputs: dict[str, Any], answers: list[torch.Tensor], pad_toke
     return out
 
 
+def eos_ids(model: nn.Module) -> set[int]:
+    """The end-of-sequence ids of the model's generation config (empty where it has none)."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
 def cut_at_eos(
     model: nn.Module, sequences: torch.Tensor, prompt_length: int, keep_eos: bool = False
 ) -> list[torch.Tensor]:
     """Per row of ``sequences`` ``(B, prompt_length + T)``, the new tokens up to the first end-of-sequence
     token of the model's generation config: excluded, or included with ``keep_eos`` (where there is one)."""
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    eos = eos_ids(model)
     answers = []
     for row in sequences[:, prompt_length:]:
         tokens = row.tolist()

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..runtime.features import DEFAULT_FEATURES, FeatureSpec
-from ..teachers.gae import greedy_answers, visual_relevance
+from ..teachers.gae import eos_ids, greedy_answers, visual_relevance
 from ..teachers.occlusion import occlusion_relevance
 from .formats import normalise_record, open_image
 
@@ -373,7 +373,7 @@ def label_dataset(
             counts["skipped_no_visual"] += 1
         else:
             full = greedy_answers(model, inputs, max_new_tokens, keep_eos=answer_end)[0]
-            ended = answer_end and full.numel() > 0 and int(full[-1]) in _eos_ids(model)
+            ended = answer_end and full.numel() > 0 and int(full[-1]) in eos_ids(model)
             answer = full[:-1] if ended else full
             reference = record.get("answer")
             if answer.numel() == 0:
@@ -404,11 +404,6 @@ def label_dataset(
             wrong=manifest["skipped_wrong"] + counts["skipped_wrong"],
         )
     return manifest
-
-
-def _eos_ids(model) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
 
 def load_label_dir(path: str | os.PathLike) -> tuple[dict[str, Any], list[LabelSegment]]:

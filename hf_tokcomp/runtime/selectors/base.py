@@ -82,7 +82,7 @@ def pack_kept(rows: list[list[int]], row_scores: list[list[float]], width: int, 
 
 def coverage_mask(batch: SegmentBatch, counts: list[int]) -> torch.Tensor:
     """``(S, N)`` bool on the host: per segment the first ``round(batch.coverage * counts[s])`` tokens of its
-    grid's coarse-to-fine order (:func:`~hf_tokcomp.runtime.selectors.uniform.grid_order_rank`)."""
+    grid's coarse-to-fine order (:func:`~hf_tokcomp.runtime.selectors.grid.grid_order_rank`)."""
     mask = torch.zeros(batch.mask.shape, dtype=torch.bool)
     for s, (grid, n, k) in enumerate(zip(batch.grids, batch.lengths, counts, strict=True)):
         mask[s, :n] = grid_order_rank(*grid) < round(batch.coverage * k)
