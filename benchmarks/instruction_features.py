@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         compressor = TokenCompressor.from_pretrained(path)
         ours = EvalSettings(**{**vars(settings), "methods": ("ours",)})
         result = evaluate(model, processor, records, compressor, ours)
-        results[f"learned ({compressor.config.features})"] = {
+        name = f"learned {path} ({compressor.config.features})"  # the path too: two compressors never share a row
+        if name in results:
+            raise SystemExit(f"--compressor {path!r} is given twice")
+        results[name] = {
             "retention": result["retention"]["ours"],
             "retention_ci95": result["retention_ci95"]["ours"],
             "evidence_kept": evidence_kept(result, records, "ours"),
