@@ -1,6 +1,7 @@
 """The vLLM plugin's question-aware features (plain torch, hf_tokcomp/vllm/question.py) against the transformers
-classes: on the organism, from the tokenizer's one-placeholder prompt and the stock vision tower's output, they
-equal what ``compressor_features`` computes on the processor's expanded prompt, in both prompt orders."""
+classes: on the organism, from the tokenizer's one-placeholder-per-image prompt and the stock vision tower's
+output, they equal what ``compressor_features`` computes on the processor's expanded prompt, in both prompt orders,
+with one image and with two."""
 
 from __future__ import annotations
 
@@ -27,35 +28,49 @@ def _layer0(model) -> Layer0:
     return Layer0(layer.input_layernorm, attn.q_proj, attn.k_proj, attn.head_dim, attn.scaling)
 
 
+def _samples(n_images: int) -> list:
+    samples = [s for s in make_split("test", 60) if len(s.images) == n_images][:4]
+    assert len(samples) == 4
+    return samples
+
+
+@pytest.mark.parametrize("n_images", [1, 2])
 @pytest.mark.parametrize("question_first", [False, True])
 @pytest.mark.parametrize("spec", [DEFAULT_FEATURES, FeatureSpec(prompt_header=True, per_head=True)], ids=str)
-def test_question_features_equal_the_transformers_features(organism, question_first, spec):
+def test_question_features_equal_the_transformers_features(organism, question_first, spec, n_images):
+    """Every image of one- and two-image prompts (each image its own segment, the other one's tokens among the
+    keys)."""
     model, processor = organism
     text_config = model.config.text_config
     rope = (text_config.rope_parameters["rope_theta"], text_config.rope_parameters["mrope_section"])
-    for sample in make_split("test", 6):
-        parts = [{"type": "image"}, {"type": "text", "text": sample.question}]
+    for sample in _samples(n_images):
+        parts = [*({"type": "image"} for _ in sample.images), {"type": "text", "text": sample.question}]
         content = parts[::-1] if question_first else parts
         text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-        inputs = processor(text=[text], images=[sample.images[0]], return_tensors="pt")
-        prompt = processor.tokenizer(text)["input_ids"]  # what vLLM's processor sees: one placeholder
-        assert prompt.count(model.config.image_token_id) == 1
+        inputs = processor(text=[text], images=list(sample.images), return_tensors="pt")
+        prompt = processor.tokenizer(text)["input_ids"]  # what vLLM's processor sees: one placeholder per image
+        assert prompt.count(model.config.image_token_id) == n_images
         with torch.no_grad():
-            want = model.compressor_features(**inputs, features=spec)[0][0][1]
+            want = [f for _, f in model.compressor_features(**inputs, features=spec)[0]]
             embeds, visual, _ = stock_visual(model, inputs)
-            t, h, w = inputs["image_grid_thw"][0].tolist()
-            got = question_features(
-                embeds[0][visual[0]],
-                prompt,
-                (t, h // 2, w // 2),
-                model.config.image_token_id,
-                model.model.get_input_embeddings(),
-                _layer0(model),
-                rope,
-                turn_layout(model.config),
-                spec,
-            )
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+            tokens = embeds[0][visual[0]]
+            sizes = [t * (h // 2) * (w // 2) for t, h, w in inputs["image_grid_thw"].tolist()]
+            grids = [(t, h // 2, w // 2) for t, h, w in inputs["image_grid_thw"].tolist()]
+            images = list(zip(tokens.split(sizes), grids, strict=True))
+            assert len(want) == n_images
+            for own in range(n_images):
+                got = question_features(
+                    images,
+                    own,
+                    prompt,
+                    model.config.image_token_id,
+                    model.model.get_input_embeddings(),
+                    _layer0(model),
+                    rope,
+                    turn_layout(model.config),
+                    spec,
+                )
+                torch.testing.assert_close(got, want[own], rtol=1e-5, atol=1e-7)
 
 
 def test_expand_prompt_replaces_each_run_and_refuses_a_mismatch():

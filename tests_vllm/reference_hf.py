@@ -78,9 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         model.compressor = TokenCompressor.from_pretrained(ORGANISM_COMPRESSOR_DIR) if selector == "learned" else None
         tokens, kept, logprobs = [], [], []
         for prompt in prompts:
-            if selector in ("attention", "learned") and len(prompt["images"]) > 1:
-                tokens.append(None), kept.append(None), logprobs.append(None)
-                continue
             images = [Image.open(out / p).convert("RGB") for p in prompt["images"]]
             inputs = processor(text=[prompt["text"]], images=images, return_tensors="pt")
             generated = model.generate(

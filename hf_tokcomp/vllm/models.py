@@ -16,8 +16,11 @@ token ids (the item field ``tokcomp_context``) and mixes them into the image's h
 and prefix caches never give one question the tokens kept for another; ``embed_multimodal`` computes the image's
 layer-0 features from them (:mod:`hf_tokcomp.vllm.question`).
 
+With several images in a prompt, each image's item also carries all of the prompt's pixels (its features read
+the other images' tokens; vLLM may encode them in other batches), and such prompts bypass the processor cache.
+
 Images only: a model of the plugin refuses to start unless ``limit_mm_per_prompt={"video": 0}``; with a
-question-aware selector also unless ``"image": 1``.
+question-aware selector also unless ``tensor_parallel_size=1``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ from .question import Layer0, question_features
 
 #: the item field that carries an image's prompt (question-aware selectors)
 CONTEXT = "tokcomp_context"
+#: with several images in a prompt, each image's item also carries all of the prompt's pixels and grids and its
+#: own index among them (the features of one image read the others' tokens)
+SIBLINGS, SIBLING_GRIDS, SIBLING_INDEX = "tokcomp_pixels", "tokcomp_grids", "tokcomp_index"
 
 __all__ = ["TokCompQwen2VLForConditionalGeneration", "TokCompQwen2_5_VLForConditionalGeneration", "ARCHITECTURES"]
 
@@ -80,28 +86,40 @@ class _PrunedPlaceholders:
         hashes = super()._get_mm_hashes(inputs)
         if not self._tokcomp_question_aware():
             return hashes
-        prompt = hashlib.sha256(json.dumps([int(t) for t in inputs.prompt]).encode()).hexdigest()
+        # an image's kept tokens depend on its prompt and, through layer 0's keys, on the prompt's other images
+        context = json.dumps([[int(t) for t in inputs.prompt], {m: list(h) for m, h in sorted(hashes.items())}])
+        prompt = hashlib.sha256(context.encode()).hexdigest()
         return {
             modality: [hashlib.sha256(f"{h}|tokcomp-prompt|{prompt}".encode()).hexdigest() for h in items]
             for modality, items in hashes.items()
         }
 
+    def _cached_apply_hf_processor(self, inputs, timing_ctx):
+        # the processor cache may hand the HF processor only the uncached images of a prompt; with several images
+        # each image's fields carry all of them (SIBLINGS), so those prompts are processed whole
+        if self._tokcomp_question_aware() and inputs.mm_data_items.get_count("image", strict=False) > 1:
+            return self._apply_hf_processor(inputs, timing_ctx)
+        return super()._cached_apply_hf_processor(inputs, timing_ctx)
+
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         out = super()._apply_hf_processor_main(mm_items=mm_items, hf_kwargs=hf_kwargs)
         grids = out.get("image_grid_thw") if hasattr(out, "get") else None
         if self._tokcomp_prompt is not None and grids is not None and len(grids):
-            if len(grids) != 1:
-                raise ValueError(
-                    f"hf_tokcomp's question-aware selection scores one image per prompt, got {len(grids)}: serve "
-                    "with limit_mm_per_prompt={'image': 1}, or use a text-free selector (uniform, divprune)."
-                )
-            out[CONTEXT] = torch.tensor([self._tokcomp_prompt], dtype=torch.long)
+            n = len(grids)
+            out[CONTEXT] = torch.tensor([self._tokcomp_prompt] * n, dtype=torch.long)
+            # each image carries the prompt's images (its features read their tokens too); one image: none
+            pixels = out["pixel_values"] if n > 1 else out["pixel_values"][:0]
+            out[SIBLINGS] = pixels[None].expand(n, *pixels.shape).clone()
+            out[SIBLING_GRIDS] = torch.as_tensor(grids)[None].expand(n, n, 3).clone()
+            out[SIBLING_INDEX] = torch.arange(n)
         return out
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
         if CONTEXT in hf_inputs:
-            fields[CONTEXT] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
+            for name in (CONTEXT, SIBLING_GRIDS, SIBLING_INDEX):
+                fields[name] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
+            fields[SIBLINGS] = MultiModalFieldConfig.batched("image")
         return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs: Mapping[str, Any], out_mm_kwargs):
@@ -143,13 +161,6 @@ class _TokCompPruning:
             )
         self._tokcomp_question = None
         if self.tokcomp.question_aware:
-            images = vllm_config.model_config.get_multimodal_config().get_limit_per_prompt("image")
-            if images != 1:
-                raise ValueError(
-                    f"hf_tokcomp's question-aware selector {self.tokcomp.selector!r} scores one image per prompt, but "
-                    f"this engine accepts {images}: pass limit_mm_per_prompt={{'image': 1, 'video': 0}}, or use a "
-                    "text-free selector (uniform, divprune) for several images."
-                )
             if vllm_config.parallel_config.tensor_parallel_size != 1:
                 raise ValueError(
                     "hf_tokcomp's question-aware selection reads every attention head of layer 0 and runs with "
@@ -197,6 +208,7 @@ class _TokCompPruning:
         if kwargs.get("pixel_values_videos") is not None or kwargs.get("video_embeds") is not None:
             raise ValueError("hf_tokcomp's vLLM plugin prunes images only (limit_mm_per_prompt={'video': 0})")
         contexts = kwargs.pop(CONTEXT, None)
+        siblings = [kwargs.pop(name, None) for name in (SIBLINGS, SIBLING_GRIDS, SIBLING_INDEX)]
         outputs = super().embed_multimodal(**kwargs)
         if not outputs:
             return outputs
@@ -211,14 +223,35 @@ class _TokCompPruning:
             if self.tokcomp.question_aware:
                 parts = self._tokcomp_question_parts()
                 prompt = torch.as_tensor(contexts[i]).reshape(-1).tolist()
+                images, own = self._tokcomp_prompt_images(embeds, grid, *(field[i] for field in siblings))
                 features = question_features(
-                    embeds, prompt, grid, self.config.image_token_id, parts["embed"], parts["layer0"],
+                    images, own, prompt, self.config.image_token_id, parts["embed"], parts["layer0"],
                     parts["rope"], parts["layout"], parts["spec"],
                 )  # fmt: skip
                 compressor = parts["compressor"]
             kept = kept_tokens(embeds, grid, self.tokcomp, features, compressor)
             pruned.append(with_positions(embeds, kept, grid))
         return tuple(pruned)
+
+    def _tokcomp_prompt_images(
+        self, embeds: torch.Tensor, grid: tuple[int, int, int], pixels: Any, grids: Any, index: Any
+    ) -> tuple[list[tuple[torch.Tensor, tuple[int, int, int]]], int]:
+        """Every image of an image's prompt as ``(merged tokens (n, D), merged grid)``, in prompt order, and the
+        image's own index: itself as encoded, the others encoded again from the pixels it carries (a prompt of
+        N images encodes each N times)."""
+        grids = torch.as_tensor(grids).reshape(-1, 3)
+        own = int(torch.as_tensor(index).reshape(()))
+        merge = self.visual.spatial_merge_size
+        merged = [(int(t), int(h) // merge, int(w) // merge) for t, h, w in grids.tolist()]
+        if len(merged) == 1:
+            return [(embeds, grid)], 0
+        pixels = torch.as_tensor(pixels).to(embeds.device)
+        others = super().embed_multimodal(pixel_values=pixels, image_grid_thw=grids.to(embeds.device))
+        pairs = enumerate(zip(others, merged, strict=True))
+        images = [(embeds if j == own else e.to(embeds.dtype), g) for j, (e, g) in pairs]
+        if merged[own] != grid:
+            raise RuntimeError(f"hf_tokcomp: image {own} of its prompt has grid {merged[own]}, encoded {grid}")
+        return images, own
 
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list) -> tuple[torch.Tensor, int]:
         """``(3, L)`` positions of the pruned prompt and the rope delta. Text tokens get the positions the stock

@@ -36,7 +36,7 @@ __all__ = [
 
 #: selectors that need no question text: they run where vLLM encodes an image, before the prompt is seen
 TEXT_FREE_SELECTORS = ("uniform", "divprune")
-#: selectors that read the question (the layer-0 features, :mod:`hf_tokcomp.vllm.question`): one image per prompt
+#: selectors that read the question (the layer-0 features, :mod:`hf_tokcomp.vllm.question`)
 QUESTION_SELECTORS = ("attention", "learned")
 #: extra channels appended to each kept token's embedding: its (t, h, w) inside the image's grid
 POSITION_CHANNELS = 3

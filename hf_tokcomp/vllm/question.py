@@ -9,9 +9,10 @@ place, the stock M-RoPE positions of the unpruned prompt, the instruction rows o
 (no decoder layer), on the prompt's tokens. Plain torch: no vLLM import, so it is tested in the main environment
 against the transformers classes.
 
-One image per prompt: the keys of a row include every prompt token, so another image's tokens would be needed
-while this one is encoded, and vLLM may encode the images of a prompt in different batches. The processor
-refuses question-aware selection for prompts with more images.
+Several images per prompt: the keys of an instruction row include every earlier token of the prompt, other
+images' tokens too, and vLLM may encode a prompt's images in different batches, so each image's item carries all
+of the prompt's pixels and the model encodes the others again (:mod:`hf_tokcomp.vllm.models`); each image is one
+segment, scored against the instruction of its own turn, as in the transformers classes.
 """
 
 from __future__ import annotations
@@ -102,9 +103,9 @@ def mrope_tables(
 
 @torch.no_grad()
 def question_features(
-    embeds: torch.Tensor,
+    images: Sequence[tuple[torch.Tensor, tuple[int, int, int]]],
+    own: int,
     prompt: Sequence[int],
-    grid: tuple[int, int, int],
     image_token_id: int,
     embed_tokens: Callable[[torch.Tensor], torch.Tensor],
     layer0: Layer0,
@@ -112,12 +113,13 @@ def question_features(
     layout: TurnLayout,
     spec: FeatureSpec,
 ) -> torch.Tensor:
-    """``(C, n)`` float32 layer-0 features of a one-image prompt's image, as the transformers classes compute them.
+    """``(C, n)`` float32 layer-0 features of image ``own`` of a prompt, as the transformers classes compute them.
 
     Args:
-        embeds: ``(n, D)`` the image's merged visual tokens (the vision tower's output).
-        prompt: the prompt's token ids (the image as one placeholder run).
-        grid: ``(t, h, w)`` its merged-token grid.
+        images: every image of the prompt in prompt order: ``(n_j, D)`` its merged visual tokens (the vision
+            tower's output) and its ``(t, h, w)`` merged-token grid.
+        own: the index of the image whose features are returned (its segment).
+        prompt: the prompt's token ids (each image as one placeholder run).
         image_token_id: the placeholder id.
         embed_tokens: ``(L,) -> (L, D)`` the LLM's input embedding.
         layer0: the LLM's layer 0 (see :class:`Layer0`).
@@ -125,17 +127,21 @@ def question_features(
         layout: the chat template's turn markers (:func:`~hf_tokcomp.runtime.instruction.turn_layout`).
         spec: the feature definition (the learned compressor's own, or the default).
     """
-    n = embeds.shape[0]
-    ids, (start,) = expand_prompt(prompt, image_token_id, [n])
+    embeds = images[own][0]
+    counts = [e.shape[0] for e, _ in images]
+    ids, starts = expand_prompt(prompt, image_token_id, counts)
     ids = ids.to(embeds.device)
-    positions = prompt_positions(len(ids), [(start, n, grid)])[0].to(embeds.device)
+    spans = [(start, n, grid) for start, n, (_, grid) in zip(starts, counts, images, strict=True)]
+    positions = prompt_positions(len(ids), spans)[0].to(embeds.device)
     hidden = embed_tokens(ids).to(embeds.dtype).clone()
-    hidden[start : start + n] = embeds
-    cos, sin = mrope_tables(positions, layer0.head_dim, *rope)
     visual = torch.zeros(1, len(ids), dtype=torch.bool, device=embeds.device)
-    visual[0, start : start + n] = True
+    for start, (e, _) in zip(starts, images, strict=True):
+        hidden[start : start + e.shape[0]] = e
+        visual[0, start : start + e.shape[0]] = True
+    cos, sin = mrope_tables(positions, layer0.head_dim, *rope)
     mask = torch.ones(1, len(ids), dtype=torch.long, device=embeds.device)
     sample = torch.zeros(1, dtype=torch.long, device=embeds.device)
+    start, n = starts[own], counts[own]
     first, end = torch.tensor([start], device=embeds.device), torch.tensor([start + n], device=embeds.device)
     rows = segment_instruction_rows(ids[None], visual, mask, sample, first, end, layout, spec.prompt_header)
     index = torch.arange(start, start + n, device=embeds.device)[None]
