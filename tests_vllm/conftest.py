@@ -23,6 +23,8 @@ ROOT = HERE.parent
 ORGANISM = ROOT / "hf_tokcomp" / "organism" / "weights"
 #: the (selector, keep) cells the engines are compared on
 CELLS = (("uniform", 1.0), ("uniform", 0.5), ("divprune", 0.25), ("attention", 0.25), ("learned", 0.25))
+#: the cells of the tiny checkpoints per family (Qwen3-VL: text-free selectors only in vLLM)
+TINY_CELLS = {"qwen2_5": ("uniform@0.5", "attention@0.25"), "qwen3": ("uniform@0.5", "uniform@0.25")}
 #: the shipped organism compressor (the `learned` cells)
 COMPRESSOR = ROOT / "hf_tokcomp" / "organism" / "compressor"
 
@@ -109,12 +111,16 @@ def engine(organism_dir, reference, tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="session")
-def qwen2_5(reference, tmp_path_factory) -> tuple[Path, Path, dict]:
-    """A tiny random Qwen2.5-VL checkpoint in the real layout: ``(model dir, its prompts file, reference)``."""
+@pytest.fixture(scope="session", params=["qwen2_5", "qwen3"])
+def tiny_family(request, reference, tmp_path_factory) -> tuple[str, Path, Path, dict]:
+    """A tiny random Qwen2.5-VL or Qwen3-VL checkpoint in the real layout: ``(family, model dir, its prompts file,
+    reference)``."""
     prompts, _ = reference
-    out = tmp_path_factory.mktemp("qwen2_5")
+    family = request.param
+    out = tmp_path_factory.mktemp(family)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    command = [_main_python(), str(HERE / "qwen2_5_reference.py"), "--prompts", str(prompts), "--out", str(out)]
+    command = [_main_python(), str(HERE / "tiny_reference.py"), "--family", family, "--prompts", str(prompts),
+               "--out", str(out), "--cells", *TINY_CELLS[family]]  # fmt: skip
     subprocess.run(command, check=True, env=env, cwd=ROOT)
-    return out / "model", prompts.parent / "prompts_qwen2_5.json", json.loads((out / "reference.json").read_text())
+    reference_json = json.loads((out / "reference.json").read_text())
+    return family, out / "model", prompts.parent / f"prompts_{family}.json", reference_json

@@ -97,18 +97,41 @@ def test_question_aware_pruning_equals_the_transformers_classes(engine, referenc
     assert any(ref["kept"][i] != ref["kept"][int(prompts[i]["images"][0][6:8])] for i in same)
 
 
-@pytest.mark.parametrize("cell", ["uniform@0.5", "attention@0.25"])
-def test_qwen2_5_vl_pruning_equals_the_transformers_classes(engine, qwen2_5, cell):
-    """A tiny random Qwen2.5-VL (window attention in the vision tower) in the real checkpoint layout: the plugin's
-    Qwen2.5-VL architecture gives hf_tokcomp's Qwen2.5-VL class's tokens, first-token log-probabilities and kept
-    tokens on 12 one-image prompts."""
-    model, prompt_file, ref = qwen2_5
-    selector, keep = cell.split("@")
-    run = engine(arch="TokCompQwen2_5_VLForConditionalGeneration", keep=float(keep), selector=selector,
+#: the plugin's architecture per tiny family
+TINY_ARCHS = {"qwen2_5": "TokCompQwen2_5_VLForConditionalGeneration", "qwen3": "TokCompQwen3VLForConditionalGeneration"}
+
+
+@pytest.mark.parametrize("cell", [0, 1])
+def test_tiny_checkpoints_pruning_equals_the_transformers_classes(engine, tiny_family, cell):
+    """Tiny random checkpoints in the real layouts: Qwen2.5-VL (window attention in the vision tower; uniform 0.5,
+    attention 0.25) and Qwen3-VL (deepstack, interleaved M-RoPE, q / k norms; uniform 0.5 and 0.25): the plugin's
+    architecture gives hf_tokcomp's class's tokens, first-token log-probabilities and kept tokens on 12 one-image
+    prompts, 16-token prefill chunks."""
+    family, model, prompt_file, ref = tiny_family
+    name = list(ref)[cell]
+    selector, keep = name.split("@")
+    run = engine(arch=TINY_ARCHS[family], keep=float(keep), selector=selector,
                  image_limit=1, model=model, prompt_file=prompt_file, max_batched_tokens=16)  # fmt: skip
-    _agree(run, ref[cell], range(len(ref[cell]["tokens"])))
-    assert sorted(map(tuple, run["kept"])) == sorted(map(tuple, ref[cell]["kept"]))
-    assert len({tuple(t) for t in ref[cell]["tokens"]}) > 1  # the random model's answers depend on the prompt
+    _agree(run, ref[name], range(len(ref[name]["tokens"])))
+    assert sorted(map(tuple, run["kept"])) == sorted(map(tuple, ref[name]["kept"]))
+    assert len({tuple(t) for t in ref[name]["tokens"]}) > 1  # the random model's answers depend on the prompt
+
+
+def test_qwen3_vl_refuses_question_aware_selection(tiny_family):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    family, model, prompt_file, _ = tiny_family
+    if family != "qwen3":
+        pytest.skip("Qwen2.5-VL serves question-aware selection (the test above)")
+    script = Path(__file__).with_name("run_vllm.py")
+    command = [sys.executable, str(script), "--model", str(model), "--prompts", str(prompt_file), "--out", "-",
+               "--arch", TINY_ARCHS[family], "--keep", "0.5", "--selector", "attention",
+               "--image-limit", "1"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "text-free selectors" in done.stderr and "selector='attention'" in done.stderr
 
 
 def test_pruning_changes_the_answers(engine, reference):

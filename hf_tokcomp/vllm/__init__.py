@@ -1,4 +1,4 @@
-"""hf_tokcomp's vLLM plugin: serve Qwen2-VL / Qwen2.5-VL with a share of each image's visual tokens pruned.
+"""hf_tokcomp's vLLM plugin: serve Qwen2-VL / Qwen2.5-VL / Qwen3-VL with a share of each image's visual tokens pruned.
 
 Installed with ``pip install hf_tokcomp[vllm]`` (its own environment: vLLM pins its transformers; ``make
 test-vllm`` builds one), it registers, in every vLLM process (the ``vllm.general_plugins`` entry point
@@ -24,7 +24,7 @@ import functools
 
 from .pruning import TEXT_FREE_SELECTORS, PruneSettings
 
-__all__ = ["register", "TEXT_FREE_SELECTORS", "PruneSettings"]
+__all__ = ["register", "ARCHITECTURE_NAMES", "TEXT_FREE_SELECTORS", "PruneSettings"]
 
 
 def _switch_on_pruning_hook(runner_class: type) -> None:
@@ -48,11 +48,19 @@ def _switch_on_pruning_hook(runner_class: type) -> None:
     runner_class.load_model = load_model
 
 
+#: the plugin's architectures (``hf_overrides={"architectures": [...]}``), classes in :mod:`hf_tokcomp.vllm.models`
+ARCHITECTURE_NAMES = (
+    "TokCompQwen2VLForConditionalGeneration",
+    "TokCompQwen2_5_VLForConditionalGeneration",
+    "TokCompQwen3VLForConditionalGeneration",
+)
+
+
 def register() -> None:
     """The ``vllm.general_plugins`` entry point: register the architectures (idempotent, lazily by name)."""
     from vllm import ModelRegistry
 
-    for arch in ("TokCompQwen2VLForConditionalGeneration", "TokCompQwen2_5_VLForConditionalGeneration"):
+    for arch in ARCHITECTURE_NAMES:
         if arch not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(arch, f"hf_tokcomp.vllm.models:{arch}")
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner

@@ -17,11 +17,15 @@ __all__ = ["use_stock_processor"]
 
 
 def use_stock_processor(
-    folder: str | os.PathLike, pixels: int | None = None, processor_class: str = "Qwen2VLProcessor"
+    folder: str | os.PathLike,
+    pixels: int | None = None,
+    processor_class: str = "Qwen2VLProcessor",
+    video_processor_class: str = "Qwen2VLVideoProcessor",
 ) -> None:
     """Rewrite ``folder``'s processor files for vLLM (in place). ``pixels``: also fix every image's size to
     ``pixels`` pixels (min = max), e.g. ``448 ** 2`` for 256 visual tokens. ``processor_class``: the stock class
-    to name (``"Qwen2_5_VLProcessor"`` for a Qwen2.5-VL checkpoint)."""
+    to name (``"Qwen2_5_VLProcessor"`` for a Qwen2.5-VL checkpoint, ``"Qwen3VLProcessor"`` with
+    ``video_processor_class="Qwen3VLVideoProcessor"`` for a Qwen3-VL one)."""
     folder = Path(folder)
     path = folder / "processor_config.json"
     processor = json.loads(path.read_text())
@@ -29,7 +33,7 @@ def use_stock_processor(
         processor["image_processor"]["size"] = {"shortest_edge": pixels, "longest_edge": pixels}
     processor["processor_class"] = processor_class
     video = {k: v for k, v in processor["image_processor"].items() if k != "image_processor_type"}
-    processor["video_processor"] = {**video, "video_processor_type": "Qwen2VLVideoProcessor"}
+    processor["video_processor"] = {**video, "video_processor_type": video_processor_class}
     path.write_text(json.dumps(processor, indent=1))
     path = folder / "tokenizer_config.json"
     tokenizer = json.loads(path.read_text())

@@ -45,6 +45,12 @@ from vllm.model_executor.models.qwen2_vl import (
     Qwen2VLMultiModalProcessor,
     Qwen2VLProcessingInfo,
 )
+from vllm.model_executor.models.qwen3_vl import (
+    Qwen3VLDummyInputsBuilder,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMultiModalProcessor,
+    Qwen3VLProcessingInfo,
+)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing.processor import PromptReplacement
@@ -61,7 +67,12 @@ CONTEXT = "tokcomp_context"
 #: own index among them (the features of one image read the others' tokens)
 SIBLINGS, SIBLING_GRIDS, SIBLING_INDEX = "tokcomp_pixels", "tokcomp_grids", "tokcomp_index"
 
-__all__ = ["TokCompQwen2VLForConditionalGeneration", "TokCompQwen2_5_VLForConditionalGeneration", "ARCHITECTURES"]
+__all__ = [
+    "TokCompQwen2VLForConditionalGeneration",
+    "TokCompQwen2_5_VLForConditionalGeneration",
+    "TokCompQwen3VLForConditionalGeneration",
+    "ARCHITECTURES",
+]
 
 
 class _PrunedPlaceholders:
@@ -148,6 +159,8 @@ class _TokCompPruning:
 
     #: the plugin's runner patch switches vLLM's pruning hook on for models that set this
     tokcomp_pruning = True
+    #: whether the family's layer-0 features are ported here (:mod:`hf_tokcomp.vllm.question`)
+    tokcomp_question_aware = True
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
@@ -160,6 +173,12 @@ class _TokCompPruning:
                 "videos with the stock architecture."
             )
         self._tokcomp_question = None
+        if self.tokcomp.question_aware and not self.tokcomp_question_aware:
+            raise ValueError(
+                f"hf_tokcomp's vLLM {type(self).__name__} serves the text-free selectors (uniform, divprune) only, "
+                f"got selector={self.tokcomp.selector!r}: its question-aware features (layer 0's q / k norms, "
+                "interleaved M-RoPE) are not ported to vLLM yet; use hf_tokcomp's transformers class for them."
+            )
         if self.tokcomp.question_aware:
             if vllm_config.parallel_config.tensor_parallel_size != 1:
                 raise ValueError(
@@ -209,7 +228,7 @@ class _TokCompPruning:
             raise ValueError("hf_tokcomp's vLLM plugin prunes images only (limit_mm_per_prompt={'video': 0})")
         contexts = kwargs.pop(CONTEXT, None)
         siblings = [kwargs.pop(name, None) for name in (SIBLINGS, SIBLING_GRIDS, SIBLING_INDEX)]
-        outputs = super().embed_multimodal(**kwargs)
+        outputs = self._tokcomp_encode(**kwargs)
         if not outputs:
             return outputs
         merge = self.visual.spatial_merge_size
@@ -233,6 +252,10 @@ class _TokCompPruning:
             pruned.append(with_positions(embeds, kept, grid))
         return tuple(pruned)
 
+    def _tokcomp_encode(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
+        """Per image, ``(n, D)``: the stock vision tower's merged tokens (the model's own ``embed_multimodal``)."""
+        return super().embed_multimodal(**kwargs)
+
     def _tokcomp_prompt_images(
         self, embeds: torch.Tensor, grid: tuple[int, int, int], pixels: Any, grids: Any, index: Any
     ) -> tuple[list[tuple[torch.Tensor, tuple[int, int, int]]], int]:
@@ -246,7 +269,7 @@ class _TokCompPruning:
         if len(merged) == 1:
             return [(embeds, grid)], 0
         pixels = torch.as_tensor(pixels).to(embeds.device)
-        others = super().embed_multimodal(pixel_values=pixels, image_grid_thw=grids.to(embeds.device))
+        others = self._tokcomp_encode(pixel_values=pixels, image_grid_thw=grids.to(embeds.device))
         pairs = enumerate(zip(others, merged, strict=True))
         images = [(embeds if j == own else e.to(embeds.dtype), g) for j, (e, g) in pairs]
         if merged[own] != grid:
@@ -299,6 +322,10 @@ class _Qwen2_5_VLProcessor(_PrunedPlaceholders, Qwen2_5_VLMultiModalProcessor):
     pass
 
 
+class _Qwen3VLProcessor(_PrunedPlaceholders, Qwen3VLMultiModalProcessor):
+    pass
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     _Qwen2VLProcessor, info=Qwen2VLProcessingInfo, dummy_inputs=Qwen2VLDummyInputsBuilder
 )
@@ -315,8 +342,24 @@ class TokCompQwen2_5_VLForConditionalGeneration(_TokCompPruning, Qwen2_5_VLForCo
     """vLLM's Qwen2.5-VL with hf_tokcomp's image-token pruning."""
 
 
+@MULTIMODAL_REGISTRY.register_processor(
+    _Qwen3VLProcessor, info=Qwen3VLProcessingInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+)
+class TokCompQwen3VLForConditionalGeneration(_TokCompPruning, Qwen3VLForConditionalGeneration):
+    """vLLM's Qwen3-VL with hf_tokcomp's image-token pruning (text-free selectors). Each kept token keeps its
+    deepstack rows (they are channels of the tower's output); images take Qwen2-VL's M-RoPE grid positions."""
+
+    tokcomp_question_aware = False
+
+    def _tokcomp_encode(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
+        # not the stock embed_multimodal: with vLLM's pruning hook on, it appends 5 position channels of its own
+        image_input = self._parse_and_validate_image_input(**kwargs)
+        return () if image_input is None else tuple(self._process_image_input(image_input))
+
+
 #: architecture name -> class, as registered with vLLM's ModelRegistry
 ARCHITECTURES = {
     "TokCompQwen2VLForConditionalGeneration": TokCompQwen2VLForConditionalGeneration,
     "TokCompQwen2_5_VLForConditionalGeneration": TokCompQwen2_5_VLForConditionalGeneration,
+    "TokCompQwen3VLForConditionalGeneration": TokCompQwen3VLForConditionalGeneration,
 }
