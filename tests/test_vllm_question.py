@@ -12,7 +12,7 @@ from hf_tokcomp.organism import load_organism
 from hf_tokcomp.organism.task import make_split
 from hf_tokcomp.runtime.features import DEFAULT_FEATURES, FeatureSpec
 from hf_tokcomp.runtime.instruction import turn_layout
-from hf_tokcomp.vllm.question import Layer0, expand_prompt, question_features
+from hf_tokcomp.vllm.question import Layer0, expand_prompt, mrope_tables, question_features
 
 from .reference import stock_visual
 
@@ -42,7 +42,7 @@ def test_question_features_equal_the_transformers_features(organism, question_fi
     keys)."""
     model, processor = organism
     text_config = model.config.text_config
-    rope = (text_config.rope_parameters["rope_theta"], text_config.rope_parameters["mrope_section"])
+    rope = (text_config.rope_parameters["rope_theta"], text_config.rope_parameters["mrope_section"], False)
     for sample in _samples(n_images):
         parts = [*({"type": "image"} for _ in sample.images), {"type": "text", "text": sample.question}]
         content = parts[::-1] if question_first else parts
@@ -78,3 +78,23 @@ def test_expand_prompt_replaces_each_run_and_refuses_a_mismatch():
     assert ids.tolist() == [1, 9, 9, 9, 2, 9, 9, 3] and starts == [1, 5]
     with pytest.raises(ValueError, match="more image placeholder runs than the 1 image"):
         expand_prompt([1, 9, 2, 9], 9, [3])
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["qwen2-vl", "qwen3-vl"])
+def test_mrope_tables_equal_the_stock_rotary_embedding(interleaved):
+    """Against the stock rotary module of each layout (Qwen2-VL's three blocks, Qwen3-VL's interleaved bands)."""
+    import transformers
+
+    sections, head_dim, theta = [4, 6, 6], 32, 10.0
+    rope = {"rope_type": "default", "rope_theta": theta, "mrope_section": sections}
+    if interleaved:
+        config = transformers.Qwen3VLTextConfig(head_dim=head_dim, rope_parameters={**rope, "mrope_interleaved": True})
+        stock = transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLTextRotaryEmbedding(config)
+    else:
+        config = transformers.Qwen2VLTextConfig(hidden_size=head_dim * 4, num_attention_heads=4, rope_parameters=rope)
+        stock = transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLRotaryEmbedding(config)
+    positions = torch.stack([torch.arange(20), torch.arange(20) % 5 + 3, torch.arange(20) // 5 + 7])  # (3, L)
+    cos, sin = stock(torch.zeros(1, dtype=torch.float32), positions[:, None])
+    got = mrope_tables(positions, head_dim, theta, sections, interleaved)
+    torch.testing.assert_close(got[0], cos)
+    torch.testing.assert_close(got[1], sin)

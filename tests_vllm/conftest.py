@@ -23,8 +23,8 @@ ROOT = HERE.parent
 ORGANISM = ROOT / "hf_tokcomp" / "organism" / "weights"
 #: the (selector, keep) cells the engines are compared on
 CELLS = (("uniform", 1.0), ("uniform", 0.5), ("divprune", 0.25), ("attention", 0.25), ("learned", 0.25))
-#: the cells of the tiny checkpoints per family (Qwen3-VL: text-free selectors only in vLLM)
-TINY_CELLS = {"qwen2_5": ("uniform@0.5", "attention@0.25"), "qwen3": ("uniform@0.5", "uniform@0.25")}
+#: the cells of the tiny checkpoints per family
+TINY_CELLS = {"qwen2_5": ("uniform@0.5", "attention@0.25"), "qwen3": ("uniform@0.5", "attention@0.25")}
 #: the shipped organism compressor (the `learned` cells)
 COMPRESSOR = ROOT / "hf_tokcomp" / "organism" / "compressor"
 

@@ -159,8 +159,6 @@ class _TokCompPruning:
 
     #: the plugin's runner patch switches vLLM's pruning hook on for models that set this
     tokcomp_pruning = True
-    #: whether the family's layer-0 features are ported here (:mod:`hf_tokcomp.vllm.question`)
-    tokcomp_question_aware = True
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
@@ -173,12 +171,6 @@ class _TokCompPruning:
                 "videos with the stock architecture."
             )
         self._tokcomp_question = None
-        if self.tokcomp.question_aware and not self.tokcomp_question_aware:
-            raise ValueError(
-                f"hf_tokcomp's vLLM {type(self).__name__} serves the text-free selectors (uniform, divprune) only, "
-                f"got selector={self.tokcomp.selector!r}: its question-aware features (layer 0's q / k norms, "
-                "interleaved M-RoPE) are not ported to vLLM yet; use hf_tokcomp's transformers class for them."
-            )
         if self.tokcomp.question_aware:
             if vllm_config.parallel_config.tensor_parallel_size != 1:
                 raise ValueError(
@@ -199,12 +191,14 @@ class _TokCompPruning:
             def qkv(x: torch.Tensor) -> torch.Tensor:  # the fused projection (its weights may be repacked on CPU)
                 return attn.qkv_proj(x.reshape(-1, x.shape[-1]))[0].reshape(*x.shape[:-1], -1)
 
+            norms = [getattr(attn, name, None) for name in ("q_norm", "k_norm")]  # Qwen3: per-head, before RoPE
             layer0 = Layer0(
                 lm.layers[0].input_layernorm.forward_native,
                 lambda x: qkv(x)[..., : attn.q_size],
                 lambda x: qkv(x)[..., attn.q_size : attn.q_size + attn.kv_size],
                 attn.head_dim,
                 attn.scaling,
+                *(None if norm is None else norm.forward_native for norm in norms),
             )
             rope = self.config.text_config.rope_parameters
             compressor = None
@@ -215,7 +209,7 @@ class _TokCompPruning:
             self._tokcomp_question = {
                 "layer0": layer0,
                 "embed": lm.embed_tokens,
-                "rope": (rope["rope_theta"], rope["mrope_section"]),
+                "rope": (rope["rope_theta"], rope["mrope_section"], bool(rope.get("mrope_interleaved", False))),
                 "layout": turn_layout(self.config),
                 "compressor": compressor,
                 "spec": DEFAULT_FEATURES if compressor is None else compressor_spec(compressor),
@@ -346,10 +340,9 @@ class TokCompQwen2_5_VLForConditionalGeneration(_TokCompPruning, Qwen2_5_VLForCo
     _Qwen3VLProcessor, info=Qwen3VLProcessingInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
 )
 class TokCompQwen3VLForConditionalGeneration(_TokCompPruning, Qwen3VLForConditionalGeneration):
-    """vLLM's Qwen3-VL with hf_tokcomp's image-token pruning (text-free selectors). Each kept token keeps its
-    deepstack rows (they are channels of the tower's output); images take Qwen2-VL's M-RoPE grid positions."""
-
-    tokcomp_question_aware = False
+    """vLLM's Qwen3-VL with hf_tokcomp's image-token pruning. Each kept token keeps its deepstack rows (they are
+    channels of the tower's output); images take Qwen2-VL's M-RoPE grid positions; the question-aware features
+    read layer 0's q / k norms and the interleaved M-RoPE."""
 
     def _tokcomp_encode(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
         # not the stock embed_multimodal: with vLLM's pruning hook on, it appends 5 position channels of its own

@@ -39,6 +39,7 @@ class Layer0:
         norm: ``(..., D) -> (..., D)`` the layer's input norm.
         query, key: ``(..., D) -> (..., heads * head_dim)`` / ``(..., kv_heads * head_dim)`` its projections.
         head_dim, scaling: of its attention.
+        q_norm, k_norm: ``(..., head_dim) -> (..., head_dim)`` the per-head norms before RoPE (Qwen3), or None.
     """
 
     norm: Callable[[torch.Tensor], torch.Tensor]
@@ -46,6 +47,8 @@ class Layer0:
     key: Callable[[torch.Tensor], torch.Tensor]
     head_dim: int
     scaling: float
+    q_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
+    k_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def input_layernorm(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -88,12 +91,21 @@ def expand_prompt(prompt: Sequence[int], image_token_id: int, counts: Sequence[i
 
 
 def mrope_tables(
-    positions: torch.Tensor, head_dim: int, theta: float, sections: Sequence[int]
+    positions: torch.Tensor, head_dim: int, theta: float, sections: Sequence[int], interleaved: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(1, L, head_dim)`` cos / sin of Qwen2-VL's M-RoPE at ``positions`` ``(3, L)``: each frequency band
-    takes the temporal, height or width position as ``sections`` (e.g. [16, 24, 24]) say, as the stock model."""
+    takes the temporal, height or width position as ``sections`` (e.g. [16, 24, 24]) say, as the stock model.
+    ``interleaved`` (Qwen3-VL): the bands cycle t, h, w over the first ``3 * sections[1..2]`` frequencies
+    instead of lying in three blocks."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     freqs = positions.float()[..., None] * inv_freq  # (3, L, d / 2)
+    if interleaved:
+        mixed = freqs[0].clone()
+        for axis in (1, 2):  # height on frequencies 1, 4, 7, ...; width on 2, 5, 8, ...
+            band = slice(axis, 3 * sections[axis], 3)
+            mixed[..., band] = freqs[axis][..., band]
+        emb = torch.cat((mixed, mixed), dim=-1)[None]
+        return emb.cos(), emb.sin()
     emb = torch.cat((freqs, freqs), dim=-1)  # (3, L, d)
     parts = [*sections, *sections]
     cos = torch.cat([c[i % 3] for i, c in enumerate(emb.cos().split(parts, dim=-1))], dim=-1)
@@ -109,21 +121,22 @@ def question_features(
     image_token_id: int,
     embed_tokens: Callable[[torch.Tensor], torch.Tensor],
     layer0: Layer0,
-    rope: tuple[float, Sequence[int]],
+    rope: tuple[float, Sequence[int], bool],
     layout: TurnLayout,
     spec: FeatureSpec,
 ) -> torch.Tensor:
     """``(C, n)`` float32 layer-0 features of image ``own`` of a prompt, as the transformers classes compute them.
 
     Args:
-        images: every image of the prompt in prompt order: ``(n_j, D)`` its merged visual tokens (the vision
-            tower's output) and its ``(t, h, w)`` merged-token grid.
+        images: every image of the prompt in prompt order: ``(n_j, D')`` its merged visual tokens (the vision
+            tower's output; Qwen3-VL's deepstack channels after the first ``D`` are not read) and its
+            ``(t, h, w)`` merged-token grid.
         own: the index of the image whose features are returned (its segment).
         prompt: the prompt's token ids (each image as one placeholder run).
         image_token_id: the placeholder id.
         embed_tokens: ``(L,) -> (L, D)`` the LLM's input embedding.
         layer0: the LLM's layer 0 (see :class:`Layer0`).
-        rope: ``(theta, mrope_section)`` of the text config.
+        rope: ``(theta, mrope_section, interleaved)`` of the text config.
         layout: the chat template's turn markers (:func:`~hf_tokcomp.runtime.instruction.turn_layout`).
         spec: the feature definition (the learned compressor's own, or the default).
     """
@@ -136,7 +149,7 @@ def question_features(
     hidden = embed_tokens(ids).to(embeds.dtype).clone()
     visual = torch.zeros(1, len(ids), dtype=torch.bool, device=embeds.device)
     for start, (e, _) in zip(starts, images, strict=True):
-        hidden[start : start + e.shape[0]] = e
+        hidden[start : start + e.shape[0]] = e[:, : hidden.shape[-1]]
         visual[0, start : start + e.shape[0]] = True
     cos, sin = mrope_tables(positions, layer0.head_dim, *rope)
     mask = torch.ones(1, len(ids), dtype=torch.long, device=embeds.device)
