@@ -2,12 +2,12 @@
 
 Run with the MAIN environment's python (transformers 5.23; the vLLM environment has vLLM's older transformers):
 ``python tests_vllm/reference_hf.py --out DIR --cells uniform@0.5 divprune@0.25``. Writes ``DIR/prompts.json``
-(48 chat prompts: 20 one-image questions of the organism's test split, 4 two-image prompts, 20 questions about
-random-noise images, and 4 other questions about images of the first prompts; images as PNG beside it) and
+(49 chat prompts: 20 one-image questions of the organism's test split, 4 two-image prompts, 20 questions about
+random-noise images, 4 other questions about images of the first prompts, and one prompt holding one image
+twice; images as PNG beside it) and
 ``DIR/reference.json``: per cell ``SELECTOR@KEEP`` the greedy tokens (4 new tokens) of every prompt, one prompt
 at a time, the kept token indices of each image, and the log-probabilities of the 5 likeliest first tokens.
-``learned@KEEP`` uses the shipped organism compressor; the question-aware cells (``attention``, ``learned``)
-cover the one-image prompts only (None for the others).
+``learned@KEEP`` uses the shipped organism compressor.
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ def _prompts(processor, out: Path) -> list[dict]:
         content = [{"type": "image"}, {"type": "text", "text": other.question}]
         text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
         prompts.append({"text": text, "images": [f"prompt{i:02d}_image0.png"], "kind": "same_image"})
+    # one image twice in a prompt: two segments, each with its own kept tokens (no cache may merge them)
+    content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": samples[1].question}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    prompts.append({"text": text, "images": ["prompt01_image0.png"] * 2, "kind": "image_twice"})
     return prompts
 
 

@@ -1,4 +1,4 @@
-"""The vLLM model classes of the plugin: Qwen2-VL and Qwen2.5-VL that prune each image's visual tokens.
+"""The vLLM model classes of the plugin: Qwen2-VL, Qwen2.5-VL and Qwen3-VL that prune each image's visual tokens.
 
 Each class is vLLM's own model with three methods replaced (and its multimodal processor with one):
 
@@ -101,7 +101,11 @@ class _PrunedPlaceholders:
         context = json.dumps([[int(t) for t in inputs.prompt], {m: list(h) for m, h in sorted(hashes.items())}])
         prompt = hashlib.sha256(context.encode()).hexdigest()
         return {
-            modality: [hashlib.sha256(f"{h}|tokcomp-prompt|{prompt}".encode()).hexdigest() for h in items]
+            # the item's index too: the same image twice in a prompt is two segments with their own kept tokens
+            modality: [
+                hashlib.sha256(f"{h}|tokcomp-prompt|{prompt}|{modality}:{i}".encode()).hexdigest()
+                for i, h in enumerate(items)
+            ]
             for modality, items in hashes.items()
         }
 
@@ -119,7 +123,17 @@ class _PrunedPlaceholders:
             n = len(grids)
             out[CONTEXT] = torch.tensor([self._tokcomp_prompt] * n, dtype=torch.long)
             # each image carries the prompt's images (its features read their tokens too); one image: none
-            pixels = out["pixel_values"] if n > 1 else out["pixel_values"][:0]
+            pixels = out.get("pixel_values")
+            if pixels is None:  # precomputed image embeddings: nothing to encode the other images from
+                if n > 1:
+                    raise ValueError(
+                        "hf_tokcomp's question-aware selection needs pixel_values for a prompt with several images "
+                        f"(their layer-0 keys read each other), got image embeddings for {n} images: pass the "
+                        "images, or one image per prompt."
+                    )
+                pixels = torch.zeros(0, 0)
+            elif n == 1:
+                pixels = pixels[:0]
             out[SIBLINGS] = pixels[None].expand(n, *pixels.shape).clone()
             out[SIBLING_GRIDS] = torch.as_tensor(grids)[None].expand(n, n, 3).clone()
             out[SIBLING_INDEX] = torch.arange(n)
@@ -153,7 +167,7 @@ class _PrunedPlaceholders:
 
 
 class _TokCompPruning:
-    """Model mixin over vLLM's Qwen2-VL / Qwen2.5-VL (see the module docstring). Not a subclass of the
+    """Model mixin over vLLM's Qwen2-VL / Qwen2.5-VL / Qwen3-VL (see the module docstring). Not a subclass of the
     ``SupportsMultiModalPruning`` protocol itself: a protocol base in front of the model would skip its
     ``__init__``; the concrete classes list the protocol last."""
 
@@ -217,7 +231,8 @@ class _TokCompPruning:
         return self._tokcomp_question
 
     def embed_multimodal(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
-        """Per image, ``(k, D + 3)``: its kept merged tokens and their ``(t, h, w)`` in the grid."""
+        """Per image, ``(k, D' + 3)``: its kept merged tokens (``D'`` channels: the LLM width ``D``, and for Qwen3-VL
+        its deepstack rows after them) and their ``(t, h, w)`` in the grid."""
         if kwargs.get("pixel_values_videos") is not None or kwargs.get("video_embeds") is not None:
             raise ValueError("hf_tokcomp's vLLM plugin prunes images only (limit_mm_per_prompt={'video': 0})")
         contexts = kwargs.pop(CONTEXT, None)
@@ -242,12 +257,13 @@ class _TokCompPruning:
                     parts["rope"], parts["layout"], parts["spec"],
                 )  # fmt: skip
                 compressor = parts["compressor"]
-            kept = kept_tokens(embeds, grid, self.tokcomp, features, compressor)
+            width = self.config.text_config.hidden_size  # the selectors read the LLM-input part (not deepstack)
+            kept = kept_tokens(embeds[:, :width], grid, self.tokcomp, features, compressor)
             pruned.append(with_positions(embeds, kept, grid))
         return tuple(pruned)
 
     def _tokcomp_encode(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
-        """Per image, ``(n, D)``: the stock vision tower's merged tokens (the model's own ``embed_multimodal``)."""
+        """Per image, ``(n, D')``: the stock vision tower's merged tokens (the model's own ``embed_multimodal``)."""
         return super().embed_multimodal(**kwargs)
 
     def _tokcomp_prompt_images(
@@ -345,7 +361,7 @@ class TokCompQwen3VLForConditionalGeneration(_TokCompPruning, Qwen3VLForConditio
     read layer 0's q / k norms and the interleaved M-RoPE."""
 
     def _tokcomp_encode(self, **kwargs: object) -> tuple[torch.Tensor, ...]:
-        # not the stock embed_multimodal: with vLLM's pruning hook on, it appends 5 position channels of its own
+        # not the stock embed_multimodal: with video pruning (EVS) configured it appends 5 position channels of its own
         image_input = self._parse_and_validate_image_input(**kwargs)
         return () if image_input is None else tuple(self._process_image_input(image_input))
 
