@@ -81,9 +81,8 @@ def test_divprune_equals_the_transformers_classes(engine, reference, max_batched
 @pytest.mark.parametrize("max_batched_tokens", [2048, 16], ids=["whole-prefill", "chunked-16"])
 def test_question_aware_pruning_equals_the_transformers_classes(engine, reference, selector, max_batched_tokens):
     """Every prompt (organism, noise, two-image prompts, the same images under other questions, and one image twice
-    in a prompt), one engine,
-    prefix cache on: the same greedy tokens, first-token log-probabilities and kept tokens as the transformers
-    classes (layer-0 attention, or the shipped compressor), at keep 0.25."""
+    in a prompt), one engine, prefix cache on: the same greedy tokens, first-token log-probabilities and kept tokens
+    as the transformers classes (layer-0 attention, or the shipped compressor), at keep 0.25."""
     prompts_file, results = reference
     ref = results[f"{selector}@0.25"]
     run = engine(keep=0.25, selector=selector, max_batched_tokens=max_batched_tokens, image_limit=2)
