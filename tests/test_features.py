@@ -110,6 +110,46 @@ def naive_segment_features(
     return out
 
 
+def moved_row_probs(stock, inputs: dict, b: int, row: int, at: int) -> torch.Tensor:
+    """``(H, L)``: how sample ``b``'s token ``row`` would attend at layer 0 if it stood at index ``at`` (the
+    ``moved`` read of a row before a segment): the stock module on the sequence with a copy of the row's input
+    embedding appended, given the stock M-RoPE position of index ``at``, seeing the real keys up to ``at``."""
+    text = stock.model.language_model
+    mask = inputs["attention_mask"][b].bool()
+    with torch.no_grad():
+        embeds = stock_merged_embeddings(stock, inputs)[b : b + 1]
+        positions = stock_positions(stock, inputs)[:, b : b + 1]
+        embeds = torch.cat([embeds, embeds[:, row : row + 1]], dim=1)
+        positions = torch.cat([positions, positions[:, :, at : at + 1]], dim=2)
+        cos, sin = text.rotary_emb(embeds, positions)
+    length = mask.shape[0]
+    visible = torch.zeros(length + 1, dtype=torch.bool)
+    visible[: at + 1] = mask[: at + 1]
+    probs = layer0_probs(stock, feature_layer(text), embeds, cos, sin, visible[None], causal=False)
+    return probs[0, :, length, :length]
+
+
+def test_moved_features_equal_the_row_placed_after_the_segment(stock, ours):
+    """``moved``: a row BEFORE a segment reads it as if it stood right after it (a copy of the row at the
+    position of the token after the segment, keys up to there); rows after it read it causally. Against the
+    stock module run on that hand-built sequence, for a question before, between and after two images."""
+    inputs = make_qwen_inputs(SAMPLES, stock.config)
+    ids = inputs["input_ids"]
+    runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
+    visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
+    causal = stock_layer0_probs(stock, inputs, True)
+    with torch.no_grad():
+        got = ours.compressor_features(**inputs, features=FeatureSpec("moved", per_head=True))
+    for b, rows in enumerate(text_rows(ids, visual, inputs["attention_mask"])):
+        for (_, features), (start, n) in zip(got[b], runs[b], strict=True):
+            end = start + n
+            picked = [
+                causal[b, :, r, start:end] if r >= end else moved_row_probs(stock, inputs, b, r, end)[:, start:end]
+                for r in rows
+            ]
+            torch.testing.assert_close(features, torch.stack(picked).mean(dim=0), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["hybrid", "noncausal", "causal"])
 @pytest.mark.parametrize("per_head", [False, True])
 def test_features_equal_the_stock_layer0_read_both_ways(stock, ours, mode, per_head):

@@ -11,7 +11,9 @@ it. The feature definition (:class:`FeatureSpec`) says how such rows are read:
 
 - ``causal``: the model's own causal attention (rows before the segment contribute 0);
 - ``noncausal``: every row's softmax over ALL prompt tokens (the same q / k, no causal mask);
-- ``hybrid``: causal for rows after the segment, non-causal for rows before it.
+- ``hybrid``: causal for rows after the segment, non-causal for rows before it;
+- ``moved``: rows before the segment are read as if they followed it: placed at the position of the token after
+  the segment (its rotary position), attending causally from there; rows after it are read as in ``causal``.
 
 The definition is versioned (:data:`FEATURES_VERSION`): label shards and compressors record the name they were
 made with (e.g. ``"v2:hybrid+heads"``) and a mismatch is refused.
@@ -37,7 +39,7 @@ __all__ = [
 
 #: the version of the feature definition; bumped whenever what a given name computes changes
 FEATURES_VERSION = 2
-FEATURE_MODES = ("causal", "noncausal", "hybrid")
+FEATURE_MODES = ("causal", "noncausal", "hybrid", "moved")
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,12 @@ def _rows_block(
     return order, valid, mine
 
 
-def _row_logits(
+def _projections(
     hidden: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor, order: torch.Tensor
-) -> torch.Tensor:
-    """``(B, H, R, L)`` float32 layer-0 attention logits of the rows at positions ``order`` ``(B, R)`` against
-    every key: the layer's own norm, q / k projections (gated q, q / k norms) and rotary tables ``(B, L, d)``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer 0's float32 ``(B, H, R, d)`` queries of the rows at positions ``order`` ``(B, R)``, BEFORE rotary, and
+    its ``(B, H, L, d)`` keys of every token, rotated and repeated to the query heads: the layer's own norm, q / k
+    projections (gated q, q / k norms) and rotary tables ``(B, L, d)``."""
     attn = layer.self_attn
     batch, length, _ = hidden.shape
     head_dim, r_max = attn.head_dim, order.shape[1]
@@ -184,12 +187,27 @@ def _row_logits(
     if getattr(attn, "q_norm", None) is not None:  # Qwen3: RMSNorm over each head's q and k before RoPE
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = q.transpose(1, 2).float(), k.transpose(1, 2).float()
-    cos_rows = cos.gather(1, order[..., None].expand(-1, -1, cos.shape[-1])).float()
-    sin_rows = sin.gather(1, order[..., None].expand(-1, -1, sin.shape[-1])).float()
-    q = _apply_rope(q, cos_rows, sin_rows)
     k = _apply_rope(k, cos.float(), sin.float())
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    return torch.matmul(q, k.transpose(-1, -2)) * attn.scaling
+    return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+
+
+def _rotated_logits(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """``(B, H, R, L)`` logits of queries ``q`` ``(B, H, R, d)`` rotated to positions ``at`` ``(B, R)`` (indices into
+    the rotary tables ``(B, L, r)``) against keys ``k`` ``(B, H, L, d)``."""
+    cos_rows = cos.gather(1, at[..., None].expand(-1, -1, cos.shape[-1])).float()
+    sin_rows = sin.gather(1, at[..., None].expand(-1, -1, sin.shape[-1])).float()
+    return torch.matmul(_apply_rope(q, cos_rows, sin_rows), k.transpose(-1, -2)) * scaling
+
+
+def _row_logits(
+    hidden: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor, order: torch.Tensor
+) -> torch.Tensor:
+    """``(B, H, R, L)`` float32 layer-0 attention logits of the rows at positions ``order`` ``(B, R)`` against
+    every key (see :func:`_projections`)."""
+    q, k = _projections(hidden, layer, cos, sin, order)
+    return _rotated_logits(q, k, cos, sin, order, layer.self_attn.scaling)
 
 
 @torch.no_grad()
@@ -241,10 +259,15 @@ def segment_features(
     """
     length = hidden.shape[1]
     order, row_valid, mine = _rows_block(rows, sample, hidden.shape[0])
-    logits = _row_logits(hidden, layer, cos, sin, order)  # (B, H, R, L)
     keys = torch.arange(length, device=hidden.device)[None, None, :]
-    visible = prompt_mask.bool()[:, None, :] & row_valid[:, :, None]  # (B, R, L)
+    weights = mine.float() / mine.sum(dim=1, keepdim=True).clamp_min(1)  # (S, R) mean over the segment's rows
     window = getattr(layer.self_attn, "sliding_window", None)
+    if spec.mode == "moved":
+        moved = _moved(hidden, layer, cos, sin, prompt_mask, order, sample, index, end, window)  # (S, H, N, R)
+        out = (moved @ weights[:, None, :, None])[..., 0]  # (S, H, N)
+        return out if spec.per_head else out.mean(dim=1, keepdim=True)
+    logits = _row_logits(hidden, layer, cos, sin, order)  # (B, H, R, L)
+    visible = prompt_mask.bool()[:, None, :] & row_valid[:, :, None]  # (B, R, L)
     if window:
         visible &= (keys - order[:, :, None]).abs() < window
     probs = {}
@@ -263,6 +286,34 @@ def segment_features(
         chosen = torch.where(after[:, None, :, None], at_segments(probs["causal"]), at_segments(probs["noncausal"]))
     else:
         chosen = at_segments(probs[spec.mode])
-    weights = mine.float() / mine.sum(dim=1, keepdim=True).clamp_min(1)  # (S, R) mean over the segment's rows
     out = torch.einsum("shrn,sr->shn", chosen, weights)
     return out if spec.per_head else out.mean(dim=1, keepdim=True)
+
+
+def _moved(
+    hidden: torch.Tensor,
+    layer: nn.Module,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    order: torch.Tensor,
+    sample: torch.Tensor,
+    index: torch.Tensor,
+    end: torch.Tensor,
+    window: int | None,
+) -> torch.Tensor:
+    """``(S, H, N, R)``: the ``moved`` read. Every row of a segment is read causally from position
+    ``max(row, end)``: rows after the segment as the model reads them, rows before it as if they stood right after
+    it (the rotary position of the token after the segment, which is text in every family; keys up to it).
+    Arguments as :func:`segment_features`, ``order`` ``(B, R)`` the packed rows of each sample."""
+    q, k = _projections(hidden, layer, cos, sin, order)
+    last = hidden.shape[1] - 1
+    at = torch.maximum(order[sample], end.clamp(max=last)[:, None])  # (S, R)
+    logits = _rotated_logits(q[sample], k[sample], cos[sample], sin[sample], at, layer.self_attn.scaling)
+    keys = torch.arange(hidden.shape[1], device=hidden.device)[None, None, :]
+    visible = prompt_mask.bool()[sample][:, None, :] & (keys <= at[:, :, None])  # (S, R, L)
+    if window:
+        visible &= (at[:, :, None] - keys) < window
+    probs = torch.softmax(logits.masked_fill(~visible[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
+    picked = probs.gather(3, index[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1))  # (S, H, R, N)
+    return picked.transpose(2, 3)
