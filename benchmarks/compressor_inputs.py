@@ -40,6 +40,8 @@ VARIANTS = {
     "heads+end": ("v2:hybrid+gen+heads", True),
     "heads causal": ("v2:causal+gen+heads", False),
     "mean causal": ("v2:causal+gen", False),
+    "heads causal split": ("v2:causal+gen+heads+split", False),
+    "mean causal split": ("v2:causal+gen+split", False),
 }
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from hf_tokcomp.evaluation.harness import EvalSettings, evaluate
+from hf_tokcomp.evaluation.intervals import retention_gap_interval
 from hf_tokcomp.organism import load_organism
 from hf_tokcomp.organism.export import write_split
 from hf_tokcomp.runtime.compressor import TokenCompressor
@@ -45,6 +46,21 @@ def evidence_kept(result: dict, records: list[dict], method: str) -> dict[str, d
                 order = "question_before" if record["question_first"] else "question_after"
                 shares.setdefault(order, []).append(len(kept & set(evidence)) / len(evidence))
         out[keep] = {order: sum(v) / len(v) for order, v in sorted(shares.items())}
+    return out
+
+
+def order_gap(result: dict, records: list[dict], method: str) -> dict[str, dict[str, object]]:
+    """Per keep: retention with the question before minus after, on the same scenes (records ``2j`` and ``2j + 1``
+    are scene ``j`` asked after / before), and its paired 95% interval (resampling scenes)."""
+    if [r["question_first"] for r in records] != [False, True] * (len(records) // 2):
+        raise ValueError("records must alternate question after / before, scene by scene")
+    samples = result["samples"]
+    base = {first: [s["uncompressed"] for s in samples[first::2]] for first in (0, 1)}
+    out: dict[str, dict[str, object]] = {}
+    for keep in [str(k) for k in result["keeps"][1:]]:
+        hits = {first: [s["methods"][method][keep] for s in samples[first::2]] for first in (0, 1)}
+        gap = sum(hits[1]) / max(sum(base[1]), 1) - sum(hits[0]) / max(sum(base[0]), 1)
+        out[keep] = {"gap": gap, "ci95": retention_gap_interval((hits[0], base[0]), (hits[1], base[1]))}
     return out
 
 
@@ -85,10 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-references", action="store_true", help="skip the GAE teacher and the oracle")
     parser.add_argument("--coverage", type=float, default=0.0, help="token_coverage of the selections (default: 0)")
     parser.add_argument("--out", default="benchmarks/results/instruction_features", help="output path stem")
+    parser.add_argument(
+        "--work", default="instruction_features_work", help="where the test split is written (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model, processor = load_organism()
-    data = write_split("test", args.n, Path(args.out).parent / "_instruction_data")
+    data = write_split("test", args.n, Path(args.work))
     records = [r | {"question_first": first} for r in read_records(data) for first in (False, True)]
     settings = EvalSettings(keeps=KEEPS, methods=("attention",), max_new_tokens=2, flops=False, coverage=args.coverage)
     results: dict[str, dict] = {
@@ -102,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             "retention": result["retention"]["attention"],
             "retention_ci95": result["retention_ci95"]["attention"],
             "evidence_kept": evidence_kept(result, records, "attention"),
+            "order_gap": order_gap(result, records, "attention"),
         }
     del model._tokcomp_features_override
     for path in args.compressor:
@@ -115,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             "retention": result["retention"]["ours"],
             "retention_ci95": result["retention_ci95"]["ours"],
             "evidence_kept": evidence_kept(result, records, "ours"),
+            "order_gap": order_gap(result, records, "ours"),
         }
     references = EvalSettings(**{**vars(settings), "methods": ("teacher", "oracle")})
     result = None if args.no_references else evaluate(model, processor, records, None, references)
@@ -123,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             "retention": result["retention"][method],
             "retention_ci95": result["retention_ci95"][method],
             "evidence_kept": evidence_kept(result, records, method),
+            "order_gap": order_gap(result, records, method),
         }
     results["overhead"] = feature_overhead(model, processor, records[:32])
     out = Path(args.out)
@@ -130,11 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     lines = [
         f"Retention (%) of the selection per feature definition on {args.n} organism test samples, question after | "
-        "before the image, with 95% intervals; evidence kept = mean share of an answer's evidence tokens kept; "
+        "before the image, with 95% intervals; the gap and its interval are paired (the same scenes asked both ways, "
+        "resampled together); evidence kept = mean share of an answer's evidence tokens kept; "
         f"token_coverage {args.coverage:g} (the evidence oracle: none).",
         "",
-        "| method | keep | after | before | evidence kept, after | before |",
-        "|---|---|---|---|---|---|",
+        "| method | keep | after | before | before - after (paired 95% CI) | evidence kept, after | before |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if not isinstance(r, dict) or "retention" not in r:
@@ -144,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
             for order in ("question_after", "question_before"):
                 lo, hi = r["retention_ci95"][keep][order]
                 cells.append(f"{100 * r['retention'][keep][order]:.1f} ({100 * lo:.0f}-{100 * hi:.0f})")
+            gap = r["order_gap"][keep]
+            lo, hi = gap["ci95"] or (float("nan"), float("nan"))
+            cells.append(f"{100 * gap['gap']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})")
             ev = r["evidence_kept"][keep]
             cells += [f"{ev.get('question_after', float('nan')):.3f}", f"{ev.get('question_before', float('nan')):.3f}"]
             lines.append(f"| {name} | {keep} | " + " | ".join(cells) + " |")

@@ -5,7 +5,7 @@ question BEFORE the image reads it), averaged by hand over hand-derived instruct
 import pytest
 import torch
 
-from hf_tokcomp.runtime.features import FeatureSpec
+from hf_tokcomp.runtime.features import FeatureSpec, segment_features
 from hf_tokcomp.testing.tiny_qwen import VOCAB, make_qwen_inputs
 
 from .reference import qwen_segment_sizes, stock_merged_embeddings, stock_positions
@@ -148,6 +148,45 @@ def test_moved_features_equal_the_row_placed_after_the_segment(stock, ours):
                 for r in rows
             ]
             torch.testing.assert_close(features, torch.stack(picked).mean(dim=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_split_features_average_the_instruction_and_the_generation_prompt_apart(stock, per_head):
+    """``+split``: the rows marked as the generation prompt are averaged into channels of their own, after the
+    instruction's; against the stock causal layer-0 attention averaged by hand over the two row sets (the last two
+    text tokens of each sample play the generation prompt)."""
+    inputs = make_qwen_inputs(SAMPLES, stock.config)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
+    visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
+    text = stock.model.language_model
+    with torch.no_grad():
+        embeds = stock_merged_embeddings(stock, inputs)
+        cos, sin = text.rotary_emb(embeds, stock_positions(stock, inputs))
+    causal = stock_layer0_probs(stock, inputs, True)
+    segments = [(b, start, n) for b, sample_runs in enumerate(runs) for start, n in sample_runs]
+    hand_rows = text_rows(ids, visual, mask)
+    rows = torch.zeros(len(segments), ids.shape[1], dtype=torch.bool)
+    header = torch.zeros_like(rows)
+    n_max = max(n for _, _, n in segments)
+    index = torch.tensor([[start + min(j, n - 1) for j in range(n_max)] for _, start, n in segments])
+    for s, (b, _, _) in enumerate(segments):
+        rows[s, hand_rows[b]] = True
+        header[s, hand_rows[b][-2:]] = True
+    spec = FeatureSpec("causal", per_head, prompt_header=True, split=True)
+    sample = torch.tensor([b for b, _, _ in segments])
+    end = torch.tensor([start + n for _, start, n in segments])
+    with torch.no_grad():
+        got = segment_features(embeds, feature_layer(text), cos, sin, mask, rows, sample, index, end, spec, header)
+    assert got.shape[1] == spec.channels(causal.shape[1])
+    for s, (b, start, n) in enumerate(segments):
+        parts = []
+        for picked in (hand_rows[b][:-2], hand_rows[b][-2:]):
+            mean = causal[b][:, picked, start : start + n].mean(dim=1)  # (H, n)
+            parts.append(mean if per_head else mean.mean(dim=0, keepdim=True))
+        torch.testing.assert_close(got[s, :, :n], torch.cat(parts), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="generation prompt"):
+        segment_features(embeds, feature_layer(text), cos, sin, mask, rows, sample, index, end, spec)
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "noncausal", "causal"])

@@ -3,13 +3,15 @@
 Retention is a ratio of two accuracies measured on the SAME samples (a method at some keep, and the uncompressed
 model), so the samples are resampled together: each of ``resamples`` draws takes ``n`` samples with replacement
 and computes ``sum(method hits) / sum(uncompressed hits)`` on them. The interval is the draws' percentile range.
+:func:`retention_gap_interval` does the same for the difference of two retentions measured on the same scenes
+asked two ways (question after / before the image), resampling the scenes.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["retention_interval"]
+__all__ = ["retention_interval", "retention_gap_interval"]
 
 
 def retention_interval(
@@ -33,4 +35,33 @@ def retention_interval(
     ratios = (method / reference.clamp_min(1))[reference > 0]
     tail = (1 - level) / 2
     low, high = torch.quantile(ratios, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return [low, high]
+
+
+def retention_gap_interval(
+    first: tuple[list[bool], list[bool]],
+    second: tuple[list[bool], list[bool]],
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> list[float] | None:
+    """``[low, high]`` of ``retention(second) - retention(first)`` at ``level``, a paired bootstrap over scenes: item
+    ``i`` of both is the same scene (asked two ways), so a draw takes the same scenes for both. None when either
+    uncompressed model answers none of them.
+
+    Args:
+        first, second: ``(hits, base)`` per scene, as in :func:`retention_interval`.
+    """
+    lists = [*first, *second]
+    if len({len(x) for x in lists}) != 1:
+        raise ValueError(f"both `(hits, base)` pairs must cover the same scenes, got lengths {[len(x) for x in lists]}")
+    if not any(first[1]) or not any(second[1]):
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(lists[0]), (resamples, len(lists[0])), generator=gen)
+    hit_a, base_a, hit_b, base_b = (torch.tensor(x, dtype=torch.float64)[draws].sum(1) for x in lists)
+    valid = (base_a > 0) & (base_b > 0)
+    gaps = (hit_b / base_b.clamp_min(1) - hit_a / base_a.clamp_min(1))[valid]
+    tail = (1 - level) / 2
+    low, high = torch.quantile(gaps, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return [low, high]

@@ -21,6 +21,8 @@ made with (e.g. ``"v2:hybrid+heads"``) and a mismatch is refused.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +37,7 @@ __all__ = [
     "segment_features",
     "last_token_attention",
     "compressor_spec",
+    "eval_mode",
 ]
 
 #: the version of the feature definition; bumped whenever what a given name computes changes
@@ -48,15 +51,20 @@ class FeatureSpec:
     head instead of their mean; the head mean is their average, what the training-free selection reads), and
     ``prompt_header`` (the generation prompt - the assistant's header that ends the prompt, where the answer is
     read - counts as rows too: its layer-0 attention does not depend on the question, a saliency prior; a
-    template without turn markers, ``answer_start_ids`` None, counts every prompt token already)."""
+    template without turn markers, ``answer_start_ids`` None, counts every prompt token already) and ``split``
+    (the generation prompt's rows are averaged into channels of their own, after the instruction's: the
+    question's attention and the saliency prior stay apart for the learned compressor)."""
 
     mode: str = "hybrid"
     per_head: bool = False
     prompt_header: bool = False
+    split: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in FEATURE_MODES:
             raise ValueError(f"feature `mode` must be one of {FEATURE_MODES}, got {self.mode!r}")
+        if self.split and not self.prompt_header:
+            raise ValueError("feature flag '+split' (the generation prompt's rows as their own channels) needs '+gen'")
 
     @property
     def name(self) -> str:
@@ -65,6 +73,7 @@ class FeatureSpec:
             f"v{FEATURES_VERSION}:{self.mode}"
             + ("+gen" if self.prompt_header else "")
             + ("+heads" if self.per_head else "")
+            + ("+split" if self.split else "")
         )
 
     @classmethod
@@ -77,21 +86,21 @@ class FeatureSpec:
             raise ValueError(
                 f"{what} were made with layer-0 feature definition {made}, but this hf_tokcomp computes version "
                 f"{FEATURES_VERSION} ({', '.join(repr(f'{prefix}{m}') for m in FEATURE_MODES)}, optionally '+gen', "
-                "'+heads'); "
+                "'+heads', '+split'); "
                 "features of different definitions are never mixed: re-label the data (`tokcomp label`) and retrain "
                 "the compressor (`tokcomp train`)."
             )
         mode, *flags = name[len(prefix) :].split("+")
-        if set(flags) - {"heads", "gen"} or len(set(flags)) != len(flags):
-            raise ValueError(f"{what}: unknown layer-0 feature definition {name!r} (flags: '+gen', '+heads')")
+        if set(flags) - {"heads", "gen", "split"} or len(set(flags)) != len(flags):
+            raise ValueError(f"{what}: unknown layer-0 feature definition {name!r} (flags: '+gen', '+heads', '+split')")
         try:
-            return cls(mode, "heads" in flags, "gen" in flags)
+            return cls(mode, "heads" in flags, "gen" in flags, "split" in flags)
         except ValueError as err:
             raise ValueError(f"{what}: unknown layer-0 feature definition {name!r} ({err})") from err
 
     def channels(self, num_heads: int) -> int:
         """Feature channels per visual token for a model with ``num_heads`` attention heads."""
-        return num_heads if self.per_head else 1
+        return (num_heads if self.per_head else 1) * (2 if self.split else 1)
 
 
 #: what the runtime computes when no compressor asks for another definition, and what `tokcomp label` stores
@@ -112,6 +121,20 @@ def compressor_spec(compressor: nn.Module | None) -> FeatureSpec:
         return DEFAULT_FEATURES
     what = f"the compressor ({type(compressor).__name__}) was trained on features that"
     return FeatureSpec.parse(getattr(config, "features", None), what=what)
+
+
+@contextmanager
+def eval_mode(module: nn.Module | None) -> Iterator[None]:
+    """Run ``module`` (and its children) in eval mode, then restore every submodule's own training flag: the
+    selection must not depend on dropout (``model.train()``, LoRA dropout on layer 0)."""
+    modules = [] if module is None else [m for m in module.modules() if m.training]
+    for m in modules:  # plain attribute writes: nn.Module.train() would walk and re-set the whole tree
+        object.__setattr__(m, "training", False)
+    try:
+        yield
+    finally:
+        for m in modules:
+            object.__setattr__(m, "training", True)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -238,6 +261,7 @@ def segment_features(
     index: torch.Tensor,
     end: torch.Tensor,
     spec: FeatureSpec = DEFAULT_FEATURES,
+    header: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Layer-0 attention each visual token of each segment gets from the segment's instruction rows.
 
@@ -252,20 +276,28 @@ def segment_features(
         sample: ``(S,)`` each segment's sample; ``index``: ``(S, N)`` its token positions (padding repeats the last);
             ``end``: ``(S,)`` the position after its last token.
         spec: the feature definition.
+        header: ``(S, L)`` bool, the rows among ``rows`` that are the generation prompt
+            (:func:`~hf_tokcomp.runtime.instruction.generation_prompt_rows`); needed by ``spec.split`` only.
 
     Returns:
-        ``(S, C, N)`` float32, ``C`` = 1 (head mean) or the number of heads. Keys are padding-aware and, like the
-        model's layer 0, limited to its sliding window when it has one.
+        ``(S, C, N)`` float32, ``C`` = 1 (head mean) or the number of heads, twice that with ``split`` (the
+        instruction's channels, then the generation prompt's). Keys are padding-aware and, like the model's layer 0,
+        limited to its sliding window when it has one.
     """
     length = hidden.shape[1]
     order, row_valid, mine = _rows_block(rows, sample, hidden.shape[0])
     keys = torch.arange(length, device=hidden.device)[None, None, :]
-    weights = mine.float() / mine.sum(dim=1, keepdim=True).clamp_min(1)  # (S, R) mean over the segment's rows
+    groups = mine[:, None, :]  # (S, G, R) the rows each channel group averages over
+    if spec.split:
+        if header is None:
+            raise ValueError(f"feature definition {spec.name!r} needs the generation prompt's rows (`header`)")
+        in_header = header.gather(1, order[sample]) & mine
+        groups = torch.stack([mine & ~in_header, in_header], dim=1)
+    weights = groups.float() / groups.sum(dim=2, keepdim=True).clamp_min(1)  # (S, G, R) means over the rows
     window = getattr(layer.self_attn, "sliding_window", None)
     if spec.mode == "moved":
         moved = _moved(hidden, layer, cos, sin, prompt_mask, order, sample, index, end, window)  # (S, H, N, R)
-        out = (moved @ weights[:, None, :, None])[..., 0]  # (S, H, N)
-        return out if spec.per_head else out.mean(dim=1, keepdim=True)
+        return _channels(torch.einsum("shnr,sgr->sghn", moved, weights), spec)
     logits = _row_logits(hidden, layer, cos, sin, order)  # (B, H, R, L)
     visible = prompt_mask.bool()[:, None, :] & row_valid[:, :, None]  # (B, R, L)
     if window:
@@ -286,8 +318,13 @@ def segment_features(
         chosen = torch.where(after[:, None, :, None], at_segments(probs["causal"]), at_segments(probs["noncausal"]))
     else:
         chosen = at_segments(probs[spec.mode])
-    out = torch.einsum("shrn,sr->shn", chosen, weights)
-    return out if spec.per_head else out.mean(dim=1, keepdim=True)
+    return _channels(torch.einsum("shrn,sgr->sghn", chosen, weights), spec)
+
+
+def _channels(grouped: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """``(S, G, H, N)`` row-group means per head -> ``(S, C, N)``: per head or their mean, group after group."""
+    grouped = grouped if spec.per_head else grouped.mean(dim=2, keepdim=True)
+    return grouped.flatten(1, 2)
 
 
 def _moved(

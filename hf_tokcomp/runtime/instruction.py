@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TurnLayout", "turn_layout", "segment_instruction_rows"]
+__all__ = ["TurnLayout", "turn_layout", "segment_instruction_rows", "generation_prompt_rows"]
 
 
 @dataclass(frozen=True)
@@ -143,14 +143,8 @@ def segment_instruction_rows(
     after = prompt[sample] & ~visual_mask[sample] & (positions >= end[:, None])
     rows = torch.where(rows.any(1, keepdim=True), rows, anywhere)
     rows = torch.where(rows.any(1, keepdim=True), rows, after)
-    if prompt_header and layout.assistant_header is not None and input_ids.shape[1] >= len(layout.assistant_header):
-        header = torch.tensor(layout.assistant_header, device=input_ids.device, dtype=input_ids.dtype)
-        n = header.numel()
-        found = (input_ids.unfold(1, n, 1) == header).all(-1) & prompt[:, n - 1 :]  # (B, L - n + 1)
-        seq = torch.arange(found.shape[1], device=input_ids.device)
-        last = torch.where(found, seq, -1).amax(dim=1, keepdim=True)  # the last header in the prompt, or -1
-        in_header = (positions >= last) & (positions < last + n) & (last >= 0)
-        rows |= in_header[sample]
+    if prompt_header:
+        rows |= generation_prompt_rows(input_ids, prompt, sample, layout)
     missing = ~rows.any(1)
     if missing.any():
         raise ValueError(
@@ -160,3 +154,21 @@ def segment_instruction_rows(
             "question or the chat template's generation prompt, or set `token_keep=1.0`."
         )
     return rows
+
+
+def generation_prompt_rows(
+    input_ids: torch.Tensor, prompt_mask: torch.Tensor, sample: torch.Tensor, layout: TurnLayout
+) -> torch.Tensor:
+    """``(S, L)`` bool: the generation prompt of each segment's sample (the last assistant header among its prompt
+    tokens ``prompt_mask`` ``(B, L)``), the rows ``prompt_header`` adds; all False where the template has no
+    assistant header or the prompt holds none. ``input_ids`` ``(B, L)``, ``sample`` ``(S,)`` as in
+    :func:`segment_instruction_rows`."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+    if layout.assistant_header is None or input_ids.shape[1] < len(layout.assistant_header):
+        return torch.zeros(sample.shape[0], input_ids.shape[1], dtype=torch.bool, device=input_ids.device)
+    header = torch.tensor(layout.assistant_header, device=input_ids.device, dtype=input_ids.dtype)
+    n = header.numel()
+    found = (input_ids.unfold(1, n, 1) == header).all(-1) & prompt_mask.bool()[:, n - 1 :]  # (B, L - n + 1)
+    seq = torch.arange(found.shape[1], device=input_ids.device)
+    last = torch.where(found, seq, -1).amax(dim=1, keepdim=True)  # the last header in the prompt, or -1
+    return ((positions >= last) & (positions < last + n) & (last >= 0))[sample]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ from torch import nn
 from .compression import CompressedBatch, compress_batch
 from .config import as_config_class, check_token_keep
 from .continuation import CompressedPrompt, attach_prompt, prompt_of
-from .features import DEFAULT_FEATURES, FeatureSpec, answer_mask, compressor_spec, segment_features
+from .features import DEFAULT_FEATURES, FeatureSpec, answer_mask, compressor_spec, eval_mode, segment_features
 from .generation import (
     PromptSwapStreamer,
     check_generate_options,
@@ -28,26 +27,12 @@ from .generation import (
     lengths_as_new_tokens,
     with_caller_prompt,
 )
-from .instruction import TurnLayout, segment_instruction_rows, turn_layout
+from .instruction import TurnLayout, generation_prompt_rows, segment_instruction_rows, turn_layout
 from .scoring import LazySelections, SegmentBlock, pack_segments, segment_batch
 from .selection import SampleSelection, keep_count
 from .selectors import SELECTORS, Selector, resolve_selector
 
-__all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward", "eval_mode"]
-
-
-@contextmanager
-def eval_mode(module: nn.Module | None) -> Iterator[None]:
-    """Run ``module`` (and its children) in eval mode, then restore every submodule's own training flag: the
-    selection must not depend on dropout (``model.train()``, LoRA dropout on layer 0)."""
-    modules = [] if module is None else [m for m in module.modules() if m.training]
-    for m in modules:  # plain attribute writes: nn.Module.train() would walk and re-set the whole tree
-        object.__setattr__(m, "training", False)
-    try:
-        yield
-    finally:
-        for m in modules:
-            object.__setattr__(m, "training", True)
+__all__ = ["MergedInputs", "TokenCompressionMixin", "compressed_forward"]
 
 
 @dataclass
@@ -263,10 +248,11 @@ class TokenCompressionMixin:
         rows = segment_instruction_rows(
             input_ids, merged.visual_mask, prompt, block.sample, block.start, end, layout, spec.prompt_header
         )
+        header = generation_prompt_rows(input_ids, prompt, block.sample, layout) if spec.split else None
         layer0 = self._tokcomp_decoder_layer0()
         with eval_mode(layer0), torch.autocast(merged.inputs_embeds.device.type, enabled=False):
             features = segment_features(
-                merged.inputs_embeds, layer0, cos, sin, prompt, rows, block.sample, block.index, end, spec
+                merged.inputs_embeds, layer0, cos, sin, prompt, rows, block.sample, block.index, end, spec, header
             )
         return features.masked_fill(~block.mask[:, None, :], 0.0), rows
 

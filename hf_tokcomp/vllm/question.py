@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..runtime.features import FeatureSpec, segment_features
-from ..runtime.instruction import TurnLayout, segment_instruction_rows
+from ..runtime.instruction import TurnLayout, generation_prompt_rows, segment_instruction_rows
 from .pruning import prompt_positions
 
 __all__ = ["Layer0", "expand_prompt", "mrope_tables", "question_features"]
@@ -158,6 +158,7 @@ def question_features(
     first, end = torch.tensor([start], device=embeds.device), torch.tensor([start + n], device=embeds.device)
     rows = segment_instruction_rows(ids[None], visual, mask, sample, first, end, layout, spec.prompt_header)
     index = torch.arange(start, start + n, device=embeds.device)[None]
+    header = generation_prompt_rows(ids[None], mask, sample, layout) if spec.split else None
     features = segment_features(hidden[None], layer0, cos.to(embeds.dtype), sin.to(embeds.dtype), mask, rows,
-                                sample, index, end, spec)  # fmt: skip
+                                sample, index, end, spec, header)  # fmt: skip
     return features[0]
