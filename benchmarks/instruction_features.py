@@ -2,9 +2,10 @@
 
 Every test sample is asked twice: question after the image, and question before it. For each definition
 (``causal``: the model's own causal attention, where a question BEFORE the image cannot reach it; ``noncausal``:
-every instruction row's softmax over all prompt tokens; ``hybrid``: causal after the image, non-causal before),
-the training-free selection (``selector="attention"``) is evaluated in both orders: retention with its 95%
-interval, and the share of each answer's evidence tokens kept (what the selection can control, whatever the
+every instruction row's softmax over all prompt tokens; ``hybrid``: causal after the image, non-causal before;
+``moved``: a row before the image read as if it stood right after it), the training-free selection
+(``selector="attention"``) is evaluated in both orders: retention with its 95% interval, the paired gap between
+the orders (before minus after, the same scenes resampled together) with its 95% interval, and the share of each answer's evidence tokens kept (what the selection can control, whatever the
 model makes of a question order it was not trained on). Learned compressors (``--compressor DIR ...``, each with
 its own definition), the GAE teacher and the evidence oracle are measured alongside. Also reported: the time the
 features add, against a full uncompressed prefill of the same batch (medians of repeated runs).
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    if len(set(args.compressor)) != len(args.compressor):
+        raise SystemExit(f"--compressor: a path is given twice in {args.compressor}")
+    compressors = {path: TokenCompressor.from_pretrained(path) for path in args.compressor}  # fail before any run
     model, processor = load_organism()
     data = write_split("test", args.n, Path(args.work))
     records = [r | {"question_first": first} for r in read_records(data) for first in (False, True)]
@@ -124,13 +128,10 @@ def main(argv: list[str] | None = None) -> None:
             "order_gap": order_gap(result, records, "attention"),
         }
     del model._tokcomp_features_override
-    for path in args.compressor:
-        compressor = TokenCompressor.from_pretrained(path)
+    for path, compressor in compressors.items():
         ours = EvalSettings(**{**vars(settings), "methods": ("ours",)})
         result = evaluate(model, processor, records, compressor, ours)
         name = f"learned {path} ({compressor.config.features})"  # the path too: two compressors never share a row
-        if name in results:
-            raise SystemExit(f"--compressor {path!r} is given twice")
         results[name] = {
             "retention": result["retention"]["ours"],
             "retention_ci95": result["retention_ci95"]["ours"],

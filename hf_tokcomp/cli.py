@@ -252,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--features",
         default=None,
         help="the compressor's input: a versioned layer-0 feature definition, 'v2:MODE' with MODE causal, "
-        "noncausal or hybrid (how a question BEFORE the image is read), '+heads' for one channel per attention "
-        "head (default: v2:causal+gen)",
+        "noncausal, hybrid or moved (how a question BEFORE the image is read), '+gen' for the generation prompt's "
+        "rows too, '+heads' for one channel per attention head, '+split' for the generation prompt's rows as "
+        "channels of their own (default: v2:causal+gen)",
     )
     label.add_argument(
         "--answer-end",
