@@ -5,8 +5,9 @@ Every test sample is asked twice: question after the image, and question before 
 every instruction row's softmax over all prompt tokens; ``hybrid``: causal after the image, non-causal before;
 ``moved``: a row before the image read as if it stood right after it), the training-free selection
 (``selector="attention"``) is evaluated in both orders: retention with its 95% interval, the paired gap between
-the orders (before minus after, the same scenes resampled together) with its 95% interval, and the share of each answer's evidence tokens kept (what the selection can control, whatever the
-model makes of a question order it was not trained on). Learned compressors (``--compressor DIR ...``, each with
+the orders (before minus after, the same scenes resampled together) with its 95% interval, and the share of
+each answer's evidence tokens kept (what the selection can control, whatever the model makes of a question order
+it was not trained on). Learned compressors (``--compressor DIR ...``, each with
 its own definition), the GAE teacher and the evidence oracle are measured alongside. Also reported: the time the
 features add, against a full uncompressed prefill of the same batch (medians of repeated runs).
 
