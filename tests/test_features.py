@@ -110,29 +110,43 @@ def naive_segment_features(
     return out
 
 
-def moved_row_probs(stock, inputs: dict, b: int, row: int, at: int) -> torch.Tensor:
-    """``(H, L)``: how sample ``b``'s token ``row`` would attend at layer 0 if it stood at index ``at`` (the
-    ``moved`` read of a row before a segment): the stock module on the sequence with a copy of the row's input
-    embedding appended, given the stock M-RoPE position of index ``at``, seeing the real keys up to ``at``."""
+def moved_rows_probs(stock, inputs: dict, b: int, before: list[int], end: int) -> torch.Tensor:
+    """``(H, R, L)``: how sample ``b``'s rows ``before`` (before a segment ending at index ``end``) would attend at
+    layer 0 if they followed it in order (the ``moved`` read): the stock module on the sequence with a copy of
+    each row appended, the ``j``-th at the stock position of index ``end`` plus ``j`` on every axis, seeing the
+    real keys up to ``end`` except the rows after it in ``before`` (and no copy)."""
     text = stock.model.language_model
     mask = inputs["attention_mask"][b].bool()
+    length, count = mask.shape[0], len(before)
     with torch.no_grad():
         embeds = stock_merged_embeddings(stock, inputs)[b : b + 1]
         positions = stock_positions(stock, inputs)[:, b : b + 1]
-        embeds = torch.cat([embeds, embeds[:, row : row + 1]], dim=1)
-        positions = torch.cat([positions, positions[:, :, at : at + 1]], dim=2)
-        cos, sin = text.rotary_emb(embeds, positions)
-    length = mask.shape[0]
-    visible = torch.zeros(length + 1, dtype=torch.bool)
-    visible[: at + 1] = mask[: at + 1]
-    probs = layer0_probs(stock, feature_layer(text), embeds, cos, sin, visible[None], causal=False)
-    return probs[0, :, length, :length]
+        moved = positions[:, :, end : end + 1] + torch.arange(count)
+        embeds = torch.cat([embeds, embeds[:, before]], dim=1)
+        cos, sin = text.rotary_emb(embeds, torch.cat([positions, moved], dim=2))
+    visible = torch.zeros(length + count, length + count, dtype=torch.bool)
+    visible[:length, :length] = mask[None, :] & torch.ones(length, length, dtype=torch.bool).tril()
+    for j in range(count):
+        visible[length + j, : end + 1] = mask[: end + 1]
+        visible[length + j, before[j + 1 :]] = False
+    additive = torch.zeros(1, 1, *visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
+    layer = feature_layer(text)
+    stock.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            _, probs = layer.self_attn(
+                layer.input_layernorm(embeds), attention_mask=additive, position_embeddings=(cos, sin)
+            )
+    finally:
+        stock.set_attn_implementation("sdpa")
+    return probs[0, :, length:, :length]
 
 
-def test_moved_features_equal_the_row_placed_after_the_segment(stock, ours):
-    """``moved``: a row BEFORE a segment reads it as if it stood right after it (a copy of the row at the
-    position of the token after the segment, keys up to there); rows after it read it causally. Against the
-    stock module run on that hand-built sequence, for a question before, between and after two images."""
+def test_moved_features_equal_the_rows_placed_after_the_segment(stock, ours):
+    """``moved``: the rows BEFORE a segment read it as if they followed it in order (copies appended at the
+    positions after the segment, each seeing the keys up to it but not the later rows); rows after it read it
+    causally. Against the stock module run on that hand-built sequence, for text before, between and after two
+    images."""
     inputs = make_qwen_inputs(SAMPLES, stock.config)
     ids = inputs["input_ids"]
     runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
@@ -140,14 +154,17 @@ def test_moved_features_equal_the_row_placed_after_the_segment(stock, ours):
     causal = stock_layer0_probs(stock, inputs, True)
     with torch.no_grad():
         got = ours.compressor_features(**inputs, features=FeatureSpec("moved", per_head=True))
+    checked = 0
     for b, rows in enumerate(text_rows(ids, visual, inputs["attention_mask"])):
         for (_, features), (start, n) in zip(got[b], runs[b], strict=True):
             end = start + n
-            picked = [
-                causal[b, :, r, start:end] if r >= end else moved_row_probs(stock, inputs, b, r, end)[:, start:end]
-                for r in rows
-            ]
+            before = [r for r in rows if r < end]
+            picked = [causal[b, :, r, start:end] for r in rows if r >= end]
+            if before:
+                picked += list(moved_rows_probs(stock, inputs, b, before, end)[:, :, start:end].unbind(1))
+                checked += len(before)
             torch.testing.assert_close(features, torch.stack(picked).mean(dim=0), rtol=1e-5, atol=1e-6)
+    assert checked >= 4  # rows before the first image of each sample and between the two images
 
 
 @pytest.mark.parametrize("per_head", [False, True])

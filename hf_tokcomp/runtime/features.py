@@ -12,8 +12,9 @@ it. The feature definition (:class:`FeatureSpec`) says how such rows are read:
 - ``causal``: the model's own causal attention (rows before the segment contribute 0);
 - ``noncausal``: every row's softmax over ALL prompt tokens (the same q / k, no causal mask);
 - ``hybrid``: causal for rows after the segment, non-causal for rows before it;
-- ``moved``: rows before the segment are read as if they followed it: placed at the position of the token after
-  the segment (its rotary position), attending causally from there; rows after it are read as in ``causal``.
+- ``moved``: rows before the segment are read as if they followed it, in their order: the first at the position of
+  the token after the segment, the next one further, each seeing the keys up to the segment's end and the earlier
+  moved rows (the question as the model reads it when it follows the image); rows after it read as in ``causal``.
 
 The definition is versioned (:data:`FEATURES_VERSION`): label shards and compressors record the name they were
 made with (e.g. ``"v2:hybrid+heads"``) and a mismatch is refused.
@@ -21,7 +22,7 @@ made with (e.g. ``"v2:hybrid+heads"``) and a mismatch is refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,7 +39,13 @@ __all__ = [
     "last_token_attention",
     "compressor_spec",
     "eval_mode",
+    "ShiftedTables",
+    "rotary_after",
 ]
+
+#: ``(sample (S,), index (S,), offset (S, R)) -> (cos, sin)``, each ``(S, R, d)``: rotary tables of layer 0 at
+#: the TEXT position ``offset`` steps after the position of token ``index`` of ``sample`` (``moved`` reads rows there)
+ShiftedTables = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 #: the version of the feature definition; bumped whenever what a given name computes changes
 FEATURES_VERSION = 2
@@ -110,6 +117,21 @@ class FeatureSpec:
 #: asked both ways (benchmarks/results/instruction_features_v2.md: 78.4 vs 91.1% retention at keep 0.5 with the
 #: question first; its rows then meet the image at relative positions layer 0 never saw in training).
 DEFAULT_FEATURES = FeatureSpec("causal", prompt_header=True)
+
+
+def rotary_after(
+    rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    embeds: torch.Tensor,
+    positions: torch.Tensor,
+) -> ShiftedTables:
+    """:data:`ShiftedTables` from a rotary embedding ``rotary(x, position_ids) -> (cos, sin)`` and the sequence's
+    ``(*P, B, L)`` position ids: every positional axis of a text token advances together (M-RoPE included)."""
+
+    def tables(sample: torch.Tensor, index: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start = positions[..., sample, index]  # (*P, S)
+        return rotary(embeds[:1].expand(len(sample), -1, -1), start[..., None] + offset)
+
+    return tables
 
 
 def compressor_spec(compressor: nn.Module | None) -> FeatureSpec:
@@ -262,6 +284,7 @@ def segment_features(
     end: torch.Tensor,
     spec: FeatureSpec = DEFAULT_FEATURES,
     header: torch.Tensor | None = None,
+    shifted: ShiftedTables | None = None,
 ) -> torch.Tensor:
     """Layer-0 attention each visual token of each segment gets from the segment's instruction rows.
 
@@ -278,6 +301,7 @@ def segment_features(
         spec: the feature definition.
         header: ``(S, L)`` bool, the rows among ``rows`` that are the generation prompt
             (:func:`~hf_tokcomp.runtime.instruction.generation_prompt_rows`); needed by ``spec.split`` only.
+        shifted: rotary tables at positions after a token (:data:`ShiftedTables`); needed by ``moved`` only.
 
     Returns:
         ``(S, C, N)`` float32, ``C`` = 1 (head mean) or the number of heads, twice that with ``split`` (the
@@ -296,7 +320,9 @@ def segment_features(
     weights = groups.float() / groups.sum(dim=2, keepdim=True).clamp_min(1)  # (S, G, R) means over the rows
     window = getattr(layer.self_attn, "sliding_window", None)
     if spec.mode == "moved":
-        moved = _moved(hidden, layer, cos, sin, prompt_mask, order, sample, index, end, window)  # (S, H, N, R)
+        if shifted is None:
+            raise ValueError(f"feature definition {spec.name!r} needs rotary tables after the segment (`shifted`)")
+        moved = _moved(hidden, layer, cos, sin, prompt_mask, order, mine, sample, index, end, window, shifted)
         return _channels(torch.einsum("shnr,sgr->sghn", moved, weights), spec)
     logits = _row_logits(hidden, layer, cos, sin, order)  # (B, H, R, L)
     visible = prompt_mask.bool()[:, None, :] & row_valid[:, :, None]  # (B, R, L)
@@ -334,23 +360,38 @@ def _moved(
     sin: torch.Tensor,
     prompt_mask: torch.Tensor,
     order: torch.Tensor,
+    mine: torch.Tensor,
     sample: torch.Tensor,
     index: torch.Tensor,
     end: torch.Tensor,
     window: int | None,
+    shifted: ShiftedTables,
 ) -> torch.Tensor:
-    """``(S, H, N, R)``: the ``moved`` read. Every row of a segment is read causally from position
-    ``max(row, end)``: rows after the segment as the model reads them, rows before it as if they stood right after
-    it (the rotary position of the token after the segment, which is text in every family; keys up to it).
-    Arguments as :func:`segment_features`, ``order`` ``(B, R)`` the packed rows of each sample."""
+    """``(S, H, N, R)``: the ``moved`` read of each segment's packed rows (``order`` ``(B, R)``, ``mine`` ``(S, R)``).
+    Rows after the segment read it causally from their own positions. The ``j``-th row before it is read from the
+    text position ``j`` steps after the token at ``end`` (the token after the segment; the last token if the
+    segment ends the prompt), seeing the keys up to ``end`` except the later rows before the segment. Arguments
+    as :func:`segment_features`."""
     q, k = _projections(hidden, layer, cos, sin, order)
-    last = hidden.shape[1] - 1
-    at = torch.maximum(order[sample], end.clamp(max=last)[:, None])  # (S, R)
-    logits = _rotated_logits(q[sample], k[sample], cos[sample], sin[sample], at, layer.self_attn.scaling)
+    at = end.clamp(max=hidden.shape[1] - 1)  # (S,)
+    rows = order[sample]  # (S, R) positions
+    before = (rows < end[:, None]) & mine
+    rank = (before.cumsum(dim=1) - 1).clamp_min(0)  # rows are packed in position order
+    moved_cos, moved_sin = shifted(sample, at, rank)  # (S, R, d)
+    own_cos = cos[sample].gather(1, rows[..., None].expand(-1, -1, cos.shape[-1]))
+    own_sin = sin[sample].gather(1, rows[..., None].expand(-1, -1, sin.shape[-1]))
+    row_cos = torch.where(before[..., None], moved_cos.to(own_cos.dtype), own_cos).float()
+    row_sin = torch.where(before[..., None], moved_sin.to(own_sin.dtype), own_sin).float()
+    logits = torch.matmul(_apply_rope(q[sample], row_cos, row_sin), k[sample].transpose(-1, -2))
     keys = torch.arange(hidden.shape[1], device=hidden.device)[None, None, :]
-    visible = prompt_mask.bool()[sample][:, None, :] & (keys <= at[:, :, None])  # (S, R, L)
+    key_rank = torch.full_like(prompt_mask, -1, dtype=torch.long)[sample]  # (S, L) rank of a moved row's key
+    key_rank.scatter_reduce_(1, torch.where(before, rows, 0), torch.where(before, rank, -1), reduce="amax")
+    reach = torch.where(before, at[:, None], rows)  # (S, R) the last key position each row may see
+    visible = prompt_mask.bool()[sample][:, None, :] & (keys <= reach[:, :, None])
+    visible &= ~(before[:, :, None] & (key_rank[:, None, :] > rank[:, :, None]))  # not the later moved rows
     if window:
-        visible &= (at[:, :, None] - keys) < window
+        visible &= (reach[:, :, None] + torch.where(before, rank, 0)[:, :, None] - keys) < window
+    logits = logits * layer.self_attn.scaling
     probs = torch.softmax(logits.masked_fill(~visible[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
     picked = probs.gather(3, index[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1))  # (S, H, R, N)
     return picked.transpose(2, 3)

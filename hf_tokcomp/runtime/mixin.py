@@ -19,7 +19,15 @@ from torch import nn
 from .compression import CompressedBatch, compress_batch
 from .config import as_config_class, check_token_keep
 from .continuation import CompressedPrompt, attach_prompt, prompt_of
-from .features import DEFAULT_FEATURES, FeatureSpec, answer_mask, compressor_spec, eval_mode, segment_features
+from .features import (
+    DEFAULT_FEATURES,
+    FeatureSpec,
+    answer_mask,
+    compressor_spec,
+    eval_mode,
+    rotary_after,
+    segment_features,
+)
 from .generation import (
     PromptSwapStreamer,
     check_generate_options,
@@ -248,11 +256,13 @@ class TokenCompressionMixin:
         rows = segment_instruction_rows(
             input_ids, merged.visual_mask, prompt, block.sample, block.start, end, layout, spec.prompt_header
         )
-        header = generation_prompt_rows(input_ids, prompt, block.sample, layout) if spec.split else None
+        extra = {"header": generation_prompt_rows(input_ids, prompt, block.sample, layout)} if spec.split else {}
+        if spec.mode == "moved":  # a question before the image is read from positions after it
+            extra["shifted"] = rotary_after(self._tokcomp_rotary, merged.inputs_embeds, position_ids)
         layer0 = self._tokcomp_decoder_layer0()
         with eval_mode(layer0), torch.autocast(merged.inputs_embeds.device.type, enabled=False):
             features = segment_features(
-                merged.inputs_embeds, layer0, cos, sin, prompt, rows, block.sample, block.index, end, spec, header
+                merged.inputs_embeds, layer0, cos, sin, prompt, rows, block.sample, block.index, end, spec, **extra
             )
         return features.masked_fill(~block.mask[:, None, :], 0.0), rows
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..runtime.features import FeatureSpec, segment_features
+from ..runtime.features import FeatureSpec, rotary_after, segment_features
 from ..runtime.instruction import TurnLayout, generation_prompt_rows, segment_instruction_rows
 from .pruning import prompt_positions
 
@@ -159,6 +159,12 @@ def question_features(
     rows = segment_instruction_rows(ids[None], visual, mask, sample, first, end, layout, spec.prompt_header)
     index = torch.arange(start, start + n, device=embeds.device)[None]
     header = generation_prompt_rows(ids[None], mask, sample, layout) if spec.split else None
+
+    def text_tables(x: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # at: (3, S, R)
+        cos, sin = mrope_tables(at.flatten(1), layer0.head_dim, *rope)
+        return cos.view(*at.shape[1:], -1).to(x.dtype), sin.view(*at.shape[1:], -1).to(x.dtype)
+
+    shifted = rotary_after(text_tables, hidden[None], positions[:, None]) if spec.mode == "moved" else None
     features = segment_features(hidden[None], layer0, cos.to(embeds.dtype), sin.to(embeds.dtype), mask, rows,
-                                sample, index, end, spec, header)  # fmt: skip
+                                sample, index, end, spec, header, shifted)  # fmt: skip
     return features[0]
