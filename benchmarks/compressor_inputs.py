@@ -42,6 +42,7 @@ VARIANTS = {
     "mean causal": ("v2:causal+gen", False),
     "heads causal split": ("v2:causal+gen+heads+split", False),
     "mean causal split": ("v2:causal+gen+split", False),
+    "heads moved": ("v2:moved+gen+heads", False),
 }
 
 

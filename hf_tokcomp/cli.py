@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the compressor's input: a versioned layer-0 feature definition, 'v2:MODE' with MODE causal, "
         "noncausal, hybrid or moved (how a question BEFORE the image is read), '+gen' for the generation prompt's "
         "rows too, '+heads' for one channel per attention head, '+split' for the generation prompt's rows as "
-        "channels of their own (default: v2:causal+gen)",
+        "channels of their own (default: v2:moved+gen)",
     )
     label.add_argument(
         "--answer-end",

@@ -111,12 +111,12 @@ class FeatureSpec:
 
 
 #: what the runtime computes when no compressor asks for another definition, and what `tokcomp label` stores
-#: unless told: the model's own causal layer-0 attention from the image's instruction rows plus the generation
-#: prompt's rows. A question BEFORE the image then adds nothing (layer 0 cannot relate it to the image): reading
-#: it without the causal mask (``hybrid``) measured WORSE than ignoring it on organism v2, in the same scenes
-#: asked both ways (benchmarks/results/instruction_features_v2.md: 78.4 vs 91.1% retention at keep 0.5 with the
-#: question first; its rows then meet the image at relative positions layer 0 never saw in training).
-DEFAULT_FEATURES = FeatureSpec("causal", prompt_header=True)
+#: unless told: the image's instruction rows read as the model reads a question that FOLLOWS the image (``moved``:
+#: causal rows after it; rows before it re-positioned after it, in order), plus the generation prompt's rows. On
+#: organism v2, 3,000 scenes asked both ways (benchmarks/results/instruction_features_parity.md), it equals the
+#: causal read with the question after the image, and with the question first keeps more of the answer's evidence
+#: at keep 0.25 (0.788 vs 0.727) and more answers (70.5 vs 66.6%); the non-causal read (``hybrid``) lost there.
+DEFAULT_FEATURES = FeatureSpec("moved", prompt_header=True)
 
 
 def rotary_after(
