@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Organism v2, {args.train} labelled train samples, {args.epochs} epochs, {args.test} test samples (both "
         "prompt orders). Retention (%) with 95% intervals; the last column: the share of wrong answers whose "
         "first word is right (the model did not stop). `attention`: the training-free selection with the features "
-        f"the runtime used when each row was measured (`v2:hybrid+gen` before the default became `v2:causal+gen`; "
-        "both in instruction_features_v2.md).\n\n" + table(results)
+        f"the runtime used when each row was measured (`v2:hybrid+gen` before the default became `v2:causal+gen`, "
+        "then `v2:moved+gen`; all in instruction_features_v2.md and instruction_features_parity.md).\n\n"
+        + table(results)
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.md").write_text(text)
