@@ -199,16 +199,18 @@ def answer_mask(input_ids: torch.Tensor, labels: torch.Tensor, answer_start_ids:
 
 def _rows_block(
     rows: torch.Tensor, sample: torch.Tensor, batch: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Every sample's rows (the union over its segments), packed to the left: ``(B, R)`` positions (padded with
-    the last one), ``(B, R)`` validity, and ``(S, R)`` which of its sample's packed rows each segment uses."""
+    the last one), ``(B, R)`` validity, ``(S, R)`` which of its sample's packed rows each segment uses, ``(S,)``
+    each segment's slot among its sample's segments, and the most segments of one sample (one host sync)."""
     union = torch.zeros(batch, rows.shape[1], device=rows.device).index_add_(0, sample, rows.float()) > 0
     n_rows = union.sum(dim=1)
-    r_max = max(int(n_rows.max()), 1)
+    slot = (sample[None, :] == sample[:, None]).tril(-1).sum(dim=1)  # earlier segments of the same sample
+    r_max, g_max = torch.stack([n_rows.max().clamp_min(1), slot.max() + 1]).tolist()
     order = torch.sort(union.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :r_max]
     valid = torch.arange(r_max, device=rows.device)[None, :] < n_rows[:, None]
     mine = rows.gather(1, order[sample]) & valid[sample]
-    return order, valid, mine
+    return order, valid, mine, slot, g_max
 
 
 def _projections(
@@ -236,23 +238,15 @@ def _projections(
     return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
 
 
-def _rotated_logits(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, at: torch.Tensor, scaling: float
-) -> torch.Tensor:
-    """``(B, H, R, L)`` logits of queries ``q`` ``(B, H, R, d)`` rotated to positions ``at`` ``(B, R)`` (indices into
-    the rotary tables ``(B, L, r)``) against keys ``k`` ``(B, H, L, d)``."""
-    cos_rows = cos.gather(1, at[..., None].expand(-1, -1, cos.shape[-1])).float()
-    sin_rows = sin.gather(1, at[..., None].expand(-1, -1, sin.shape[-1])).float()
-    return torch.matmul(_apply_rope(q, cos_rows, sin_rows), k.transpose(-1, -2)) * scaling
-
-
 def _row_logits(
     hidden: torch.Tensor, layer: nn.Module, cos: torch.Tensor, sin: torch.Tensor, order: torch.Tensor
 ) -> torch.Tensor:
     """``(B, H, R, L)`` float32 layer-0 attention logits of the rows at positions ``order`` ``(B, R)`` against
     every key (see :func:`_projections`)."""
     q, k = _projections(hidden, layer, cos, sin, order)
-    return _rotated_logits(q, k, cos, sin, order, layer.self_attn.scaling)
+    cos_rows = cos.gather(1, order[..., None].expand(-1, -1, cos.shape[-1])).float()
+    sin_rows = sin.gather(1, order[..., None].expand(-1, -1, sin.shape[-1])).float()
+    return torch.matmul(_apply_rope(q, cos_rows, sin_rows), k.transpose(-1, -2)) * layer.self_attn.scaling
 
 
 @torch.no_grad()
@@ -309,7 +303,7 @@ def segment_features(
         limited to its sliding window when it has one.
     """
     length = hidden.shape[1]
-    order, row_valid, mine = _rows_block(rows, sample, hidden.shape[0])
+    order, row_valid, mine, slot, g_max = _rows_block(rows, sample, hidden.shape[0])
     keys = torch.arange(length, device=hidden.device)[None, None, :]
     groups = mine[:, None, :]  # (S, G, R) the rows each channel group averages over
     if spec.split:
@@ -322,7 +316,8 @@ def segment_features(
     if spec.mode == "moved":
         if shifted is None:
             raise ValueError(f"feature definition {spec.name!r} needs rotary tables after the segment (`shifted`)")
-        moved = _moved(hidden, layer, cos, sin, prompt_mask, order, mine, sample, index, end, window, shifted)
+        slots = (slot, g_max)
+        moved = _moved(hidden, layer, cos, sin, prompt_mask, order, mine, sample, slots, index, end, window, shifted)
         return _channels(torch.einsum("shnr,sgr->sghn", moved, weights), spec)
     logits = _row_logits(hidden, layer, cos, sin, order)  # (B, H, R, L)
     visible = prompt_mask.bool()[:, None, :] & row_valid[:, :, None]  # (B, R, L)
@@ -362,12 +357,14 @@ def _moved(
     order: torch.Tensor,
     mine: torch.Tensor,
     sample: torch.Tensor,
+    slots: tuple[torch.Tensor, int],
     index: torch.Tensor,
     end: torch.Tensor,
     window: int | None,
     shifted: ShiftedTables,
 ) -> torch.Tensor:
-    """``(S, H, N, R)``: the ``moved`` read of each segment's packed rows (``order`` ``(B, R)``, ``mine`` ``(S, R)``).
+    """``(S, H, N, R)``: the ``moved`` read of each segment's packed rows (``order`` ``(B, R)``, ``mine`` ``(S, R)``;
+    ``slots``: each segment's slot among its sample's segments and their most, see :func:`_rows_block`).
     Rows after the segment read it causally from their own positions. The ``j``-th row before it is read from the
     text position ``j`` steps after the token at ``end`` (the token after the segment; the last token if the
     segment ends the prompt), seeing the keys up to ``end`` except the later rows before the segment. Arguments
@@ -378,11 +375,15 @@ def _moved(
     before = (rows < end[:, None]) & mine
     rank = (before.cumsum(dim=1) - 1).clamp_min(0)  # rows are packed in position order
     moved_cos, moved_sin = shifted(sample, at, rank)  # (S, R, d)
-    own_cos = cos[sample].gather(1, rows[..., None].expand(-1, -1, cos.shape[-1]))
-    own_sin = sin[sample].gather(1, rows[..., None].expand(-1, -1, sin.shape[-1]))
+    own_cos, own_sin = cos[sample[:, None], rows], sin[sample[:, None], rows]  # (S, R, d)
     row_cos = torch.where(before[..., None], moved_cos.to(own_cos.dtype), own_cos).float()
     row_sin = torch.where(before[..., None], moved_sin.to(own_sin.dtype), own_sin).float()
-    logits = torch.matmul(_apply_rope(q[sample], row_cos, row_sin), k[sample].transpose(-1, -2))
+    # one matmul per sample against its keys (never copied per segment): its segments' rows side by side
+    slot, g_max = slots
+    queries = q.new_zeros(q.shape[0], q.shape[1], g_max, *q.shape[2:])  # (B, H, G, R, d)
+    queries[sample, :, slot] = _apply_rope(q[sample], row_cos, row_sin)
+    logits = torch.matmul(queries.flatten(2, 3), k.transpose(-1, -2)).unflatten(2, queries.shape[2:4])
+    logits = logits[sample, :, slot]  # (S, H, R, L)
     keys = torch.arange(hidden.shape[1], device=hidden.device)[None, None, :]
     key_rank = torch.full_like(prompt_mask, -1, dtype=torch.long)[sample]  # (S, L) rank of a moved row's key
     key_rank.scatter_reduce_(1, torch.where(before, rows, 0), torch.where(before, rank, -1), reduce="amax")
