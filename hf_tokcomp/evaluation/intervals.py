@@ -28,14 +28,8 @@ def retention_interval(
         raise ValueError(f"`hits` and `base` must cover the same samples, got {len(hits)} and {len(base)}")
     if not any(base):
         return None
-    gen = torch.Generator().manual_seed(seed)
-    draws = torch.randint(len(hits), (resamples, len(hits)), generator=gen)
-    method = torch.tensor(hits, dtype=torch.float64)[draws].sum(1)
-    reference = torch.tensor(base, dtype=torch.float64)[draws].sum(1)
-    ratios = (method / reference.clamp_min(1))[reference > 0]
-    tail = (1 - level) / 2
-    low, high = torch.quantile(ratios, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return [low, high]
+    method, reference = _resampled_sums([hits, base], resamples, seed)
+    return _percentiles((method / reference.clamp_min(1))[reference > 0], level)
 
 
 def retention_gap_interval(
@@ -57,11 +51,19 @@ def retention_gap_interval(
         raise ValueError(f"both `(hits, base)` pairs must cover the same scenes, got lengths {[len(x) for x in lists]}")
     if not any(first[1]) or not any(second[1]):
         return None
+    hit_a, base_a, hit_b, base_b = _resampled_sums(lists, resamples, seed)
+    gaps = hit_b / base_b.clamp_min(1) - hit_a / base_a.clamp_min(1)
+    return _percentiles(gaps[(base_a > 0) & (base_b > 0)], level)
+
+
+def _resampled_sums(lists: list[list[bool]], resamples: int, seed: int) -> list[torch.Tensor]:
+    """``(resamples,)`` float64 sums of each list over the SAME seeded draws of its indices, with replacement."""
     gen = torch.Generator().manual_seed(seed)
     draws = torch.randint(len(lists[0]), (resamples, len(lists[0])), generator=gen)
-    hit_a, base_a, hit_b, base_b = (torch.tensor(x, dtype=torch.float64)[draws].sum(1) for x in lists)
-    valid = (base_a > 0) & (base_b > 0)
-    gaps = (hit_b / base_b.clamp_min(1) - hit_a / base_a.clamp_min(1))[valid]
+    return [torch.tensor(x, dtype=torch.float64)[draws].sum(1) for x in lists]
+
+
+def _percentiles(values: torch.Tensor, level: float) -> list[float]:
+    """``[low, high]``: the central ``level`` range of ``values``."""
     tail = (1 - level) / 2
-    low, high = torch.quantile(gaps, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return [low, high]
+    return torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
