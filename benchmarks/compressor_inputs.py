@@ -79,6 +79,27 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_table(results: dict[str, dict], variants: list[str], seeds: list[int], coverages: list[float]) -> str:
+    """Markdown: per variant, coverage, keep and order, the mean retention over the training seeds and its range
+    (lowest to highest run)."""
+    lines = [
+        f"\nMean over {len(seeds)} training seeds ({', '.join(map(str, seeds))}), with the lowest and highest run:\n",
+        "| variant | keep | " + " | ".join(o.replace("_", " ") for o in ORDERS) + " | all |",
+        "|---|---|" + "---|" * (len(ORDERS) + 1),
+    ]
+    for coverage in coverages:
+        for name in variants:
+            suffix = "" if coverage == 0 else f" @coverage {coverage:g}"
+            runs = [results[name + ("" if s == 0 else f" seed {s}") + suffix] for s in seeds]
+            for keep in [str(k) for k in runs[0]["keeps"][1:]]:
+                cells = []
+                for group in (*ORDERS, "all"):
+                    values = [100 * r["retention"]["ours"][keep][group] for r in runs]
+                    cells.append(f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})")
+                lines.append(f"| {name}{suffix} | {keep} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=600, help="train samples to label (default: 600)")
@@ -86,9 +107,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=20, help="compressor epochs (default: 20)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), help="default: all")
     parser.add_argument("--coverage", nargs="+", type=float, default=[0.0], help="token_coverage values (default: 0)")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="training seeds per variant (default: 0); several measure how much one training run varies, and the "
+        "table gains each variant's mean over them",
+    )
     parser.add_argument("--work", default="compressor_inputs_work", help="cache directory (default: %(default)s)")
     parser.add_argument("--out", default="benchmarks/results/compressor_inputs", help="writes OUT.md and OUT.json")
     args = parser.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        raise SystemExit(f"--seeds: distinct non-negative integers, got {args.seeds}")
     torch.manual_seed(0)
     work = Path(args.work)
     model, processor = load_organism()
@@ -96,18 +127,19 @@ def main(argv: list[str] | None = None) -> None:
     test = read_records(write_split("test", args.test, work / "data"))
     results: dict[str, dict] = {}
     for c, coverage in enumerate(args.coverage):
-        for i, name in enumerate(args.variants):
+        for i, (name, seed) in enumerate((n, s) for n in args.variants for s in args.seeds):
             features, answer_end = VARIANTS[name]
-            key = name if coverage == 0 else f"{name} @coverage {coverage:g}"
-            cached = work / name / f"eval-coverage{coverage:g}.json"
+            run = work / name / ("" if seed == 0 else f"seed{seed}")  # seed 0: the layout of single-seed runs
+            key = name + ("" if seed == 0 else f" seed {seed}") + ("" if coverage == 0 else f" @coverage {coverage:g}")
+            cached = run / f"eval-coverage{coverage:g}.json"
             if cached.is_file():
                 results[key] = json.loads(cached.read_text())
                 continue
             tag = features.replace(":", "_").replace("+", "_") + ("-end" if answer_end else "")
             labels = work / f"labels-{tag}"
             label_dataset(model, processor, train, labels, max_new_tokens=4, features=features, answer_end=answer_end)
-            train_compressor(labels, work / name / "compressor", TrainArguments(epochs=args.epochs))
-            compressor = TokenCompressor.from_pretrained(work / name / "compressor").eval()
+            train_compressor(labels, run / "compressor", TrainArguments(epochs=args.epochs, seed=seed))
+            compressor = TokenCompressor.from_pretrained(run / "compressor").eval()
             methods = ("ours", "attention", "teacher") + (("oracle",) if c == 0 else ()) if i == 0 else ("ours",)
             settings = EvalSettings(keeps=KEEPS, max_new_tokens=2, methods=methods, batch_size=64, coverage=coverage)
             result = evaluate(model, processor, test, compressor, settings)
@@ -123,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         f"the runtime used when each row was measured (`v2:hybrid+gen` before the default became `v2:causal+gen`, "
         "then `v2:moved+gen`; all in instruction_features_v2.md and instruction_features_parity.md).\n\n"
         + table(results)
+        + (seed_table(results, args.variants, args.seeds, args.coverage) if len(args.seeds) > 1 else "")
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.md").write_text(text)

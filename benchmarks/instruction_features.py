@@ -35,6 +35,8 @@ from hf_tokcomp.runtime.scoring import pack_segments
 from hf_tokcomp.training.labels import build_batch, read_records
 
 KEEPS = (1.0, 0.5, 0.25, 0.1)
+#: the reference selections ``--references`` may add, and their row names
+REFERENCES = {"teacher": "GAE teacher", "oracle": "evidence oracle", "random": "random"}
 
 
 def evidence_kept(result: dict, records: list[dict], method: str) -> dict[str, dict[str, float]]:
@@ -100,7 +102,14 @@ def main(argv: list[str] | None = None) -> None:
         help="feature definitions of the training-free selection to compare (default: every mode, with and "
         "without the generation prompt's rows)",
     )
-    parser.add_argument("--no-references", action="store_true", help="skip the GAE teacher and the oracle")
+    parser.add_argument(
+        "--references",
+        nargs="*",
+        choices=REFERENCES,
+        default=["teacher", "oracle"],
+        help="reference selections measured alongside; the flag alone measures none (default: %(default)s; random "
+        "shows what the model makes of each order under a selection blind to the question)",
+    )
     parser.add_argument("--coverage", type=float, default=0.0, help="token_coverage of the selections (default: 0)")
     parser.add_argument("--out", default="benchmarks/results/instruction_features", help="output path stem")
     parser.add_argument(
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             "evidence_kept": evidence_kept(result, records, "attention"),
             "order_gap": order_gap(result, records, "attention"),
         }
-    del model._tokcomp_features_override
+    model.__dict__.pop("_tokcomp_features_override", None)
     for path, compressor in compressors.items():
         ours = EvalSettings(**{**vars(settings), "methods": ("ours",)})
         result = evaluate(model, processor, records, compressor, ours)
@@ -139,9 +148,10 @@ def main(argv: list[str] | None = None) -> None:
             "evidence_kept": evidence_kept(result, records, "ours"),
             "order_gap": order_gap(result, records, "ours"),
         }
-    references = EvalSettings(**{**vars(settings), "methods": ("teacher", "oracle")})
-    result = None if args.no_references else evaluate(model, processor, records, None, references)
-    for method, name in () if result is None else (("teacher", "GAE teacher"), ("oracle", "evidence oracle")):
+    references = EvalSettings(**{**vars(settings), "methods": tuple(args.references)})
+    result = evaluate(model, processor, records, None, references) if args.references else None
+    for method in () if result is None else args.references:
+        name = REFERENCES[method]
         results[name] = {
             "retention": result["retention"][method],
             "retention_ci95": result["retention_ci95"][method],
