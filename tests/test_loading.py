@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
 from hf_tokcomp import TokenCompressor, TokenCompressorConfig
@@ -183,3 +184,19 @@ def test_inputs_embeds_without_input_ids_is_refused_when_compressing(ours):
     embeds = ours.model.get_input_embeddings()(inputs.pop("input_ids"))
     with pytest.raises(ValueError, match="input_ids"), torch.no_grad():
         ours(inputs_embeds=embeds, **inputs)
+
+
+@pytest.mark.parametrize("auto_name", ["AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"])
+def test_auto_classes_build_from_our_config_as_from_the_stock_one(stock_checkpoint, ours, family, auto_name):
+    """A stock class made from our model's config (transformers' own Qwen3.5 suite chains them) is the class the
+    stock config gives; the image-text-to-text auto class gives ours."""
+    auto = getattr(transformers, auto_name)
+    stock_config = stock_checkpoint[0].config
+    try:
+        expected = type(auto.from_config(stock_config))
+    except ValueError:  # this family has no such stock head: ours must not invent one
+        with pytest.raises(ValueError, match="Unrecognized configuration class"):
+            auto.from_config(ours.config)
+        return
+    assert type(auto.from_config(ours.config)) is expected
+    assert type(transformers.AutoModelForImageTextToText.from_config(ours.config)) is FAMILIES[family][1]
