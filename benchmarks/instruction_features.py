@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     records = [r | {"question_first": first} for r in read_records(data) for first in (False, True)]
     settings = EvalSettings(keeps=KEEPS, methods=("attention",), max_new_tokens=2, flops=False, coverage=args.coverage)
     results: dict[str, dict] = {
-        "command": "python benchmarks/instruction_features.py " + " ".join(argv or []),
+        "command": shlex.join(["python", "benchmarks/instruction_features.py", *(argv or sys.argv[1:])]),
         "n": args.n,
     }
     for name in args.features:
