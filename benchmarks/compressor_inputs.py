@@ -43,6 +43,7 @@ VARIANTS = {
     "heads causal split": ("v2:causal+gen+heads+split", False),
     "mean causal split": ("v2:causal+gen+split", False),
     "heads moved": ("v2:moved+gen+heads", False),
+    "heads moved+causal": ("v2:moved+gen+heads+causal", False),
 }
 
 

@@ -142,19 +142,20 @@ def moved_rows_probs(stock, inputs: dict, b: int, before: list[int], end: int) -
     return probs[0, :, length:, :length]
 
 
-def test_moved_features_equal_the_rows_placed_after_the_segment(stock, ours):
+@pytest.mark.parametrize("with_causal", [False, True])
+def test_moved_features_equal_the_rows_placed_after_the_segment(stock, ours, with_causal):
     """``moved``: the rows BEFORE a segment read it as if they followed it in order (copies appended at the
     positions after the segment, each seeing the keys up to it but not the later rows); rows after it read it
     causally. Against the stock module run on that hand-built sequence, for text before, between and after two
-    images."""
+    images. ``+causal``: the stock causal attention averaged over all the rows follows as channels of its own."""
     inputs = make_qwen_inputs(SAMPLES, stock.config)
     ids = inputs["input_ids"]
     runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
     visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
     causal = stock_layer0_probs(stock, inputs, True)
     with torch.no_grad():
-        got = ours.compressor_features(**inputs, features=FeatureSpec("moved", per_head=True))
-    checked = 0
+        got = ours.compressor_features(**inputs, features=FeatureSpec("moved", per_head=True, with_causal=with_causal))
+    heads, checked = causal.shape[1], 0
     for b, rows in enumerate(text_rows(ids, visual, inputs["attention_mask"])):
         for (_, features), (start, n) in zip(got[b], runs[b], strict=True):
             end = start + n
@@ -163,7 +164,11 @@ def test_moved_features_equal_the_rows_placed_after_the_segment(stock, ours):
             if before:
                 picked += list(moved_rows_probs(stock, inputs, b, before, end)[:, :, start:end].unbind(1))
                 checked += len(before)
-            torch.testing.assert_close(features, torch.stack(picked).mean(dim=0), rtol=1e-5, atol=1e-6)
+            assert features.shape[0] == heads * (2 if with_causal else 1)
+            torch.testing.assert_close(features[:heads], torch.stack(picked).mean(dim=0), rtol=1e-5, atol=1e-6)
+            if with_causal:
+                want = causal[b][:, rows, start:end].mean(dim=1)  # rows before the segment give it 0
+                torch.testing.assert_close(features[heads:], want, rtol=1e-5, atol=1e-6)
     assert checked >= 4  # rows before the first image of each sample and between the two images
 
 
@@ -304,3 +309,13 @@ def test_qwen_feature_path_equals_stock_eager_attention_padded_with_video(stock,
     visual = (ids == stock.config.image_token_id) | (ids == stock.config.video_token_id)
     runs = visual_runs(ids, qwen_segment_sizes(inputs, stock.config))
     check_feature_path(ours, inputs, hand_features(attn, ids, visual, inputs["attention_mask"]), runs)
+
+
+def test_feature_names_round_trip_and_bad_flags_are_refused_by_name():
+    for spec in [FeatureSpec("moved", True, True, True, True), FeatureSpec("moved", with_causal=True), CAUSAL]:
+        assert FeatureSpec.parse(spec.name) == spec
+    assert FeatureSpec.parse("v2:moved+gen+heads+causal").channels(4) == 8
+    with pytest.raises(ValueError, match="'\\+causal' .* needs mode 'moved', got 'hybrid'"):
+        FeatureSpec.parse("v2:hybrid+causal")
+    with pytest.raises(ValueError, match="unknown layer-0 feature definition 'v2:moved\\+causal\\+causal'"):
+        FeatureSpec.parse("v2:moved+causal+causal")

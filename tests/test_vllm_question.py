@@ -36,7 +36,15 @@ def _samples(n_images: int) -> list:
 
 @pytest.mark.parametrize("n_images", [1, 2])
 @pytest.mark.parametrize("question_first", [False, True])
-@pytest.mark.parametrize("spec", [DEFAULT_FEATURES, FeatureSpec(prompt_header=True, per_head=True)], ids=str)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        DEFAULT_FEATURES,
+        FeatureSpec(prompt_header=True, per_head=True),
+        FeatureSpec("moved", True, True, with_causal=True),
+    ],
+    ids=str,
+)
 def test_question_features_equal_the_transformers_features(organism, question_first, spec, n_images):
     """Every image of one- and two-image prompts (each image its own segment, the other one's tokens among the
     keys)."""

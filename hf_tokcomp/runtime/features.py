@@ -16,6 +16,9 @@ it. The feature definition (:class:`FeatureSpec`) says how such rows are read:
   the token after the segment, the next one further, each seeing the keys up to the segment's end and the earlier
   moved rows (the question as the model reads it when it follows the image); rows after it read as in ``causal``.
 
+With ``+causal`` (``moved`` only) the ``causal`` read's channels follow the ``moved`` ones, so a learned compressor
+sees both: where the question stands, and what it says.
+
 The definition is versioned (:data:`FEATURES_VERSION`): label shards and compressors record the name they were
 made with (e.g. ``"v2:hybrid+heads"``) and a mismatch is refused.
 """
@@ -60,18 +63,24 @@ class FeatureSpec:
     read - counts as rows too: its layer-0 attention does not depend on the question, a saliency prior; a
     template without turn markers, ``answer_start_ids`` None, counts every prompt token already) and ``split``
     (the generation prompt's rows are averaged into channels of their own, after the instruction's: the
-    question's attention and the saliency prior stay apart for the learned compressor)."""
+    question's attention and the saliency prior stay apart for the learned compressor) and ``with_causal`` (``moved``
+    only: the ``causal`` read's channels after the ``moved`` ones)."""
 
     mode: str = "hybrid"
     per_head: bool = False
     prompt_header: bool = False
     split: bool = False
+    with_causal: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in FEATURE_MODES:
             raise ValueError(f"feature `mode` must be one of {FEATURE_MODES}, got {self.mode!r}")
         if self.split and not self.prompt_header:
             raise ValueError("feature flag '+split' (the generation prompt's rows as their own channels) needs '+gen'")
+        if self.with_causal and self.mode != "moved":
+            raise ValueError(
+                f"feature flag '+causal' (the causal read's channels too) needs mode 'moved', got {self.mode!r}"
+            )
 
     @property
     def name(self) -> str:
@@ -81,6 +90,7 @@ class FeatureSpec:
             + ("+gen" if self.prompt_header else "")
             + ("+heads" if self.per_head else "")
             + ("+split" if self.split else "")
+            + ("+causal" if self.with_causal else "")
         )
 
     @classmethod
@@ -93,21 +103,23 @@ class FeatureSpec:
             raise ValueError(
                 f"{what} were made with layer-0 feature definition {made}, but this hf_tokcomp computes version "
                 f"{FEATURES_VERSION} ({', '.join(repr(f'{prefix}{m}') for m in FEATURE_MODES)}, optionally '+gen', "
-                "'+heads', '+split'); "
+                "'+heads', '+split', '+causal'); "
                 "features of different definitions are never mixed: re-label the data (`tokcomp label`) and retrain "
                 "the compressor (`tokcomp train`)."
             )
         mode, *flags = name[len(prefix) :].split("+")
-        if set(flags) - {"heads", "gen", "split"} or len(set(flags)) != len(flags):
-            raise ValueError(f"{what}: unknown layer-0 feature definition {name!r} (flags: '+gen', '+heads', '+split')")
+        if set(flags) - {"heads", "gen", "split", "causal"} or len(set(flags)) != len(flags):
+            raise ValueError(
+                f"{what}: unknown layer-0 feature definition {name!r} (flags: '+gen', '+heads', '+split', '+causal')"
+            )
         try:
-            return cls(mode, "heads" in flags, "gen" in flags, "split" in flags)
+            return cls(mode, "heads" in flags, "gen" in flags, "split" in flags, "causal" in flags)
         except ValueError as err:
             raise ValueError(f"{what}: unknown layer-0 feature definition {name!r} ({err})") from err
 
     def channels(self, num_heads: int) -> int:
         """Feature channels per visual token for a model with ``num_heads`` attention heads."""
-        return (num_heads if self.per_head else 1) * (2 if self.split else 1)
+        return (num_heads if self.per_head else 1) * (2 if self.split else 1) * (2 if self.with_causal else 1)
 
 
 #: what the runtime computes when no compressor asks for another definition, and what `tokcomp label` stores
@@ -299,12 +311,11 @@ def segment_features(
 
     Returns:
         ``(S, C, N)`` float32, ``C`` = 1 (head mean) or the number of heads, twice that with ``split`` (the
-        instruction's channels, then the generation prompt's). Keys are padding-aware and, like the model's layer 0,
-        limited to its sliding window when it has one.
+        instruction's channels, then the generation prompt's) and twice again with ``with_causal`` (the ``moved``
+        channels, then the ``causal`` ones). Keys are padding-aware and, like the model's layer 0, limited to its
+        sliding window when it has one.
     """
-    length = hidden.shape[1]
     order, row_valid, mine, slot, g_max = _rows_block(rows, sample, hidden.shape[0])
-    keys = torch.arange(length, device=hidden.device)[None, None, :]
     groups = mine[:, None, :]  # (S, G, R) the rows each channel group averages over
     if spec.split:
         if header is None:
@@ -318,28 +329,53 @@ def segment_features(
             raise ValueError(f"feature definition {spec.name!r} needs rotary tables after the segment (`shifted`)")
         slots = (slot, g_max)
         moved = _moved(hidden, layer, cos, sin, prompt_mask, order, mine, sample, slots, index, end, window, shifted)
-        return _channels(torch.einsum("shnr,sgr->sghn", moved, weights), spec)
+        grouped = torch.einsum("shnr,sgr->sghn", moved, weights)
+        if spec.with_causal:
+            causal = _masked_read(hidden, layer, cos, sin, prompt_mask, order, row_valid, sample, index, end, "causal")
+            grouped = torch.cat([grouped, torch.einsum("shrn,sgr->sghn", causal, weights)], dim=1)
+        return _channels(grouped, spec)
+    chosen = _masked_read(hidden, layer, cos, sin, prompt_mask, order, row_valid, sample, index, end, spec.mode)
+    return _channels(torch.einsum("shrn,sgr->sghn", chosen, weights), spec)
+
+
+def _masked_read(
+    hidden: torch.Tensor,
+    layer: nn.Module,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    order: torch.Tensor,
+    row_valid: torch.Tensor,
+    sample: torch.Tensor,
+    index: torch.Tensor,
+    end: torch.Tensor,
+    mode: str,
+) -> torch.Tensor:
+    """``(S, H, R, N)``: the attention each segment's visual tokens get from its sample's packed rows (``order``,
+    ``row_valid`` ``(B, R)``, see :func:`_rows_block`) read in ``mode`` ``causal`` / ``noncausal`` / ``hybrid`` at
+    their own positions. Arguments as :func:`segment_features`."""
+    length = hidden.shape[1]
+    keys = torch.arange(length, device=hidden.device)[None, None, :]
+    window = getattr(layer.self_attn, "sliding_window", None)
     logits = _row_logits(hidden, layer, cos, sin, order)  # (B, H, R, L)
     visible = prompt_mask.bool()[:, None, :] & row_valid[:, :, None]  # (B, R, L)
     if window:
         visible &= (keys - order[:, :, None]).abs() < window
     probs = {}
-    if spec.mode in ("causal", "hybrid"):
+    if mode in ("causal", "hybrid"):
         causal = visible & (keys <= order[:, :, None])
         probs["causal"] = torch.softmax(logits.masked_fill(~causal[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
-    if spec.mode in ("noncausal", "hybrid"):
+    if mode in ("noncausal", "hybrid"):
         probs["noncausal"] = torch.softmax(logits.masked_fill(~visible[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
 
     def at_segments(p: torch.Tensor) -> torch.Tensor:  # (B, H, R, L) -> (S, H, R, N)
         p = p[sample]
         return p.gather(3, index[:, None, None, :].expand(-1, p.shape[1], p.shape[2], -1))
 
-    if spec.mode == "hybrid":
+    if mode == "hybrid":
         after = order[sample] >= end[:, None]  # (S, R) rows after the segment read it causally
-        chosen = torch.where(after[:, None, :, None], at_segments(probs["causal"]), at_segments(probs["noncausal"]))
-    else:
-        chosen = at_segments(probs[spec.mode])
-    return _channels(torch.einsum("shrn,sgr->sghn", chosen, weights), spec)
+        return torch.where(after[:, None, :, None], at_segments(probs["causal"]), at_segments(probs["noncausal"]))
+    return at_segments(probs[mode])
 
 
 def _channels(grouped: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
