@@ -17,7 +17,8 @@ it. The feature definition (:class:`FeatureSpec`) says how such rows are read:
   moved rows (the question as the model reads it when it follows the image); rows after it read as in ``causal``.
 
 With ``+causal`` (``moved`` only) the ``causal`` read's channels follow the ``moved`` ones, so a learned compressor
-sees both: where the question stands, and what it says.
+sees both the re-positioned read and the model's own (which tells the prompt orders apart); on organism v2 it
+measured no better than ``moved`` alone (benchmarks/results/compressor_seeds.md).
 
 The definition is versioned (:data:`FEATURES_VERSION`): label shards and compressors record the name they were
 made with (e.g. ``"v2:hybrid+heads"``) and a mismatch is refused.
