@@ -61,7 +61,7 @@ def map_auto_classes(cls: type) -> None:
     for mapping in vars(modeling_auto).values():
         if not isinstance(mapping, _LazyAutoMapping) or ours in mapping._extra_content:
             continue
-        stock = next((c for c in ours.__mro__[1:] if isinstance(c, type) and c in mapping), None)
+        stock = next((c for c in ours.__mro__[1:] if c in mapping), None)
         if stock is None:
             continue
         try:
